@@ -1,0 +1,59 @@
+#pragma once
+// The whole MoE layer: route -> plan -> gather -> experts -> combine, from one caller-provided
+// workspace. forward() allocates nothing and never waits for the device, so on CUDA it can be
+// captured in a graph; a graph captured for T tokens replays correctly for any contents and, with
+// num_valid_tokens, for any smaller batch.
+#include <cstddef>
+
+#include "ironmoe/config.h"
+#include "ironmoe/stream.h"
+#include "ironmoe/tensor.h"
+
+namespace ironmoe {
+
+struct Inputs {
+  TensorView x;  // [T, H], T <= max_tokens
+  // Either router logits [T, E] ...
+  TensorView router_logits;
+  TensorView correction_bias;  // [E] f32, grouped_topk only
+  // ... or precomputed routing: ids [T, k] i32 (any values) and weights [T, k] f32.
+  TensorView topk_ids;
+  TensorView topk_weights;
+  const int32_t* num_valid_tokens = nullptr;  // optional, on the layer's device
+  int32_t* diagnostics = nullptr;             // optional int32[kDiagnosticCount]
+};
+
+struct Weights {
+  TensorView w13;  // [E_local, 2I, H]
+  TensorView w2;   // [E_local, H, I]
+};
+
+struct Outputs {
+  TensorView out;  // [T, H], x's dtype
+};
+
+struct Workspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+// A pure function of the config and the device: the bytes forward() needs for max_tokens.
+size_t workspace_bytes(const MoeConfig& config, Device device);
+
+class Layer {
+ public:
+  Layer(const MoeConfig& config, Device device);  // validates the config; allocates nothing
+
+  const MoeConfig& config() const { return config_; }
+  Device device() const { return device_; }
+  size_t workspace_bytes() const;
+
+  void forward(const Inputs& inputs, const Weights& weights, const Outputs& outputs,
+               const Workspace& workspace, const Stream& stream) const;
+
+ private:
+  MoeConfig config_;
+  Device device_;
+};
+
+}  // namespace ironmoe

@@ -1,0 +1,51 @@
+#pragma once
+// Small value types shared by every part of the API.
+#include <cstddef>
+#include <cstdint>
+
+namespace ironmoe {
+
+// Storage types. Arithmetic is always fp32 (accumulation included), whatever the storage.
+enum class DType : uint8_t { f32, bf16, f16, i32 };
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+
+enum class DeviceType : uint8_t { cpu, cuda };
+
+struct Device {
+  DeviceType type = DeviceType::cpu;
+  int index = 0;
+
+  static constexpr Device cpu() { return {DeviceType::cpu, 0}; }
+  static constexpr Device cuda(int index = 0) { return {DeviceType::cuda, index}; }
+  bool is_cpu() const { return type == DeviceType::cpu; }
+  bool is_cuda() const { return type == DeviceType::cuda; }
+  friend bool operator==(const Device& a, const Device& b) {
+    return a.type == b.type && (a.type == DeviceType::cpu || a.index == b.index);
+  }
+};
+
+const char* device_name(DeviceType type);
+
+// act(gate) * up, gate = rows [0, I) of w13, up = rows [I, 2I).
+// gelu_and_mul uses the exact (erf) GELU.
+enum class Activation : uint8_t { silu_and_mul, gelu_and_mul };
+
+// How permuted rows are laid out between dispatch and combine (DESIGN.md section 4). Both are
+// described to the expert stage the same way: per local expert a first row and a row count.
+//  contiguous: experts' rows back to back, first_row[e] = sum of counts before e.
+//  batched:    a fixed capacity per expert, first_row[e] = e * capacity.
+enum class Layout : uint8_t { contiguous, batched };
+
+// Counters of the optional diagnostics buffer (int32[kDiagnosticCount] on the stage's device).
+// Counting is the only thing atomics are used for; no result depends on them.
+enum DiagnosticCounter : int {
+  kDiagIdOutOfRange = 0,    // valid-row slot whose id is outside [0, E) (includes -1)
+  kDiagIdRemote = 1,        // valid-row slot whose id is in [0, E) but outside the local range
+  kDiagNonFiniteLogit = 2,  // NaN or +-Inf router logits in valid rows
+  kDiagCapacityOverflow = 3,  // batched layout: slots dropped because an expert was full
+  kDiagnosticCount = 4,
+};
+
+}  // namespace ironmoe

@@ -1,0 +1,37 @@
+#pragma once
+// Slot numbering and row placement shared by the plan of every backend.
+//   slot s = t * k + j      (token t, choice j)
+//   a slot is placed iff t < num_valid_tokens and its id is in [expert_begin, expert_end)
+//   contiguous: row = offsets[e] + rank of the slot among e's slots (slot order)
+//   batched:    row = e * capacity + rank, dropped (-1) when rank >= capacity
+#include <cstdint>
+
+#include "core/host_device.h"
+
+namespace ironmoe::core {
+
+inline constexpr int32_t kNoRow = -1;
+inline constexpr int32_t kNoSlot = -1;
+
+IRONMOE_HD int64_t slot_index(int64_t token, int64_t choice, int64_t top_k) {
+  return token * top_k + choice;
+}
+IRONMOE_HD int64_t slot_token(int64_t slot, int64_t top_k) { return slot / top_k; }
+
+// Local expert index of id, or -1 when the slot is not computed on this rank.
+IRONMOE_HD int32_t local_expert_of(int32_t id, int64_t expert_begin, int64_t expert_end) {
+  return (id >= expert_begin && id < expert_end) ? static_cast<int32_t>(id - expert_begin) : -1;
+}
+
+// Rows of valid tokens: min(T, *num_valid_tokens) with a negative count treated as 0.
+IRONMOE_HD int64_t valid_tokens(int64_t tokens, const int32_t* num_valid_tokens) {
+  if (num_valid_tokens == nullptr) return tokens;
+  const int64_t v = *num_valid_tokens;
+  return v < 0 ? 0 : (v < tokens ? v : tokens);
+}
+
+IRONMOE_HD int64_t batched_first_row(int64_t local_expert, int64_t capacity) {
+  return local_expert * capacity;
+}
+
+}  // namespace ironmoe::core

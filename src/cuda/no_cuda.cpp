@@ -1,0 +1,22 @@
+// Built when ironmoe is configured without CUDA: every CUDA entry point explains itself.
+#include "core/check.h"
+#include "cuda/cuda_backend.h"
+
+namespace ironmoe::cuda {
+namespace {
+[[noreturn]] void unavailable(const char* where) {
+  core::fail(where, "this build of ironmoe has no CUDA backend (configure with nvcc on PATH or "
+                    "-DIRONMOE_CUDA=ON)");
+}
+}  // namespace
+
+bool available() { return false; }
+void route(const RoutingConfig&, const RouteArgs&, void*) { unavailable("route"); }
+size_t plan_scratch_bytes(int64_t, int64_t, int64_t) { return 0; }
+void plan(const PlanArgs&, void*) { unavailable("plan"); }
+void gather(const GatherArgs&, void*) { unavailable("gather"); }
+size_t expert_scratch_bytes(int64_t) { return 0; }
+void experts(const ExpertArgs&, void*) { unavailable("experts"); }
+void combine(const CombineArgs&, void*) { unavailable("combine"); }
+
+}  // namespace ironmoe::cuda
