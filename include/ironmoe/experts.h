@@ -25,7 +25,10 @@ struct ExpertArgs {
   size_t scratch_bytes = 0;
 };
 
-size_t expert_scratch_bytes(int64_t num_local_experts, Device device);
+// Scratch the device backends need for up to max_rows permuted rows (the gate/up GEMM output,
+// the grouped-GEMM problem list and the GEMM library's own workspace); 0 on the CPU.
+size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermediate,
+                            int64_t num_local_experts, DType dtype, Device device);
 void experts(const ExpertArgs& args, const Stream& stream);
 
 }  // namespace ironmoe

@@ -12,10 +12,10 @@ namespace {
 
 bool available() { return false; }
 void route(const RoutingConfig&, const RouteArgs&, void*) { unavailable("route"); }
-size_t plan_scratch_bytes(int64_t, int64_t, int64_t) { return 0; }
+size_t plan_scratch_bytes(int64_t, int64_t, int64_t, int) { return 0; }
 void plan(const PlanArgs&, void*) { unavailable("plan"); }
 void gather(const GatherArgs&, void*) { unavailable("gather"); }
-size_t expert_scratch_bytes(int64_t) { return 0; }
+size_t expert_scratch_bytes(int64_t, int64_t, int64_t, int64_t, DType, int) { return 0; }
 void experts(const ExpertArgs&, void*) { unavailable("experts"); }
 void combine(const CombineArgs&, void*) { unavailable("combine"); }
 
