@@ -26,8 +26,15 @@ void layer(const MoeConfig& config, int64_t tokens, const float* x, const int32_
            const float* topk_weights, const float* w13, const float* w2, int64_t num_valid,
            const std::vector<int64_t>& token_list, bool round_intermediate, double* out);
 
+// bf16 storage as the reference understands it, written here rather than taken from src/ so the
+// tests do not check the library's conversion against itself. Round to nearest even; NaN stays
+// NaN (quiet), +-inf stay infinite.
+uint16_t to_bf16_bits(float value);
+float from_bf16_bits(uint16_t bits);
+float round_to_bf16(double value);
+
 // max over listed rows of |got - ref| / max(|ref|_inf of that row, tiny): the error metric the
-// tests and the benchmark report ("max relative error").
+// tests and the benchmark report ("max relative error"). A non-finite `got` gives +inf.
 double max_relative_error(const double* ref, const float* got, int64_t rows, int64_t cols);
 
 }  // namespace ironmoe::reference

@@ -1,0 +1,170 @@
+// The stages after plan, one at a time: gather copies only used rows, experts touches only rows
+// inside an expert's range and matches the reference there, combine sums in slot order, skips
+// -1 rows and writes zeros for padding tokens. Row maps here are random, not from plan(), so each
+// stage is checked on inputs an engine could hand it directly.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "reference_moe.h"
+#include "test_util.h"
+
+namespace ironmoe::test {
+namespace {
+
+class Stage : public ::testing::TestWithParam<DType> {};
+
+std::string dtype_param_name(const ::testing::TestParamInfo<DType>& info) {
+  return dtype_name(info.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, Stage, ::testing::Values(DType::f32, DType::bf16),
+                         dtype_param_name);
+
+// Element i of a buffer's storage as raw bits (2 or 4 bytes).
+uint32_t bits_at(const Buffer& buffer, int64_t i) {
+  uint32_t bits = 0;
+  const size_t size = dtype_size(buffer.dtype());
+  std::memcpy(&bits, static_cast<const uint8_t*>(buffer.data()) + i * static_cast<int64_t>(size),
+              size);
+  return bits;
+}
+
+TEST_P(Stage, GatherCopiesUsedRowsAndLeavesUnusedRowsAlone) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const DType dtype = GetParam();
+  constexpr int64_t kTokens = 37, kHidden = 40, kStride = 45, kTopK = 4, kRows = 120;
+  const Buffer x = Buffer::from(dtype, rng.nonzero_vector(kTokens * kStride, 1.0f));
+  std::vector<int32_t> row_to_slot(kRows);
+  for (int32_t& slot : row_to_slot)
+    slot = rng.chance(0.3) ? -1 : static_cast<int32_t>(rng.integer(0, kTokens * kTopK - 1));
+  Buffer permuted = Buffer::poisoned(dtype, kRows * kHidden);
+  const Buffer poison = Buffer::poisoned(dtype, 1);
+
+  GatherArgs args;
+  args.x = TensorView::rows(x.data(), dtype, kTokens, kHidden, kStride);
+  args.row_to_slot = TensorView::contiguous(row_to_slot.data(), DType::i32, {kRows});
+  args.top_k = kTopK;
+  args.permuted = TensorView::contiguous(permuted.data(), dtype, {kRows, kHidden});
+  gather(args, Stream::cpu());
+
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t c = 0; c < kHidden; ++c) {
+      const int32_t slot = row_to_slot[r];
+      const uint32_t want = slot < 0 ? bits_at(poison, 0) : bits_at(x, slot / kTopK * kStride + c);
+      ASSERT_EQ(bits_at(permuted, r * kHidden + c), want)
+          << "permuted row " << r << " column " << c << " (slot " << slot
+          << "): " << (slot < 0 ? "an unused row was written" : "not a copy of token slot / k");
+    }
+}
+
+TEST_P(Stage, ExpertsComputeOnlyRowsInsideExpertRanges) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const DType dtype = GetParam();
+  MoeConfig config = small_config(4, 1, 64, dtype);
+  config.activation = rng.chance(0.5) ? Activation::silu_and_mul : Activation::gelu_and_mul;
+  const int64_t hidden = config.hidden, inter = config.intermediate, local = 4, rows = 40;
+  // Ranges with gaps, an empty expert, and offsets given without the trailing total.
+  const std::vector<int32_t> offsets = {0, 8, 10, 25};
+  const std::vector<int32_t> counts = {5, 0, 10, 8};
+  const Buffer in = Buffer::from(dtype, rng.nonzero_vector(rows * hidden, 1.0f));
+  const Buffer w13 = Buffer::from(dtype, rng.nonzero_vector(local * 2 * inter * hidden, 0.2f));
+  const Buffer w2 = Buffer::from(dtype, rng.nonzero_vector(local * hidden * inter, 0.3f));
+  Buffer intermediate = Buffer::poisoned(dtype, rows * inter);
+  Buffer out = Buffer::poisoned(dtype, rows * hidden);
+
+  ExpertArgs args;
+  args.permuted_in = TensorView::contiguous(in.data(), dtype, {rows, hidden});
+  args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {local});
+  args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {local});
+  args.w13 = TensorView::contiguous(w13.data(), dtype, {local, 2 * inter, hidden});
+  args.w2 = TensorView::contiguous(w2.data(), dtype, {local, hidden, inter});
+  args.activation = config.activation;
+  args.intermediate = TensorView::contiguous(intermediate.data(), dtype, {rows, inter});
+  args.permuted_out = TensorView::contiguous(out.data(), dtype, {rows, hidden});
+  ThreadPool pool(3);
+  experts(args, Stream::cpu(&pool));
+
+  // The reference sees each row as a token routed to its expert alone with weight 1.
+  std::vector<int32_t> expert_of_row(rows, -1);
+  for (int64_t e = 0; e < local; ++e)
+    for (int32_t r = offsets[e]; r < offsets[e] + counts[e]; ++r)
+      expert_of_row[r] = static_cast<int32_t>(e);
+  const std::vector<float> ones(rows, 1.0f);
+  std::vector<int64_t> all_rows(rows);
+  for (int64_t r = 0; r < rows; ++r) all_rows[r] = r;
+  std::vector<double> ref(rows * hidden);
+  const std::vector<float> in_f = in.to_float(), w13_f = w13.to_float(), w2_f = w2.to_float();
+  reference::layer(config, rows, in_f.data(), expert_of_row.data(), ones.data(), w13_f.data(),
+                   w2_f.data(), rows, all_rows, dtype == DType::bf16, ref.data());
+
+  const std::vector<float> got = out.to_float();
+  const Buffer poison = Buffer::poisoned(dtype, 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (expert_of_row[r] < 0) {
+      for (int64_t c = 0; c < hidden; ++c)
+        ASSERT_EQ(bits_at(out, r * hidden + c), bits_at(poison, 0))
+            << "row " << r << " lies outside every expert's range but was written";
+      continue;
+    }
+    const double error =
+        reference::max_relative_error(&ref[r * hidden], &got[r * hidden], 1, hidden);
+    ASSERT_LE(error, layer_tolerance(dtype))
+        << "row " << r << " of expert " << expert_of_row[r] << ": relative error " << error;
+  }
+}
+
+TEST_P(Stage, CombineSumsSlotsSkipsMissingRowsAndZeroesPadding) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const DType dtype = GetParam();
+  constexpr int64_t kTokens = 29, kHidden = 24, kStride = 30, kTopK = 3, kRows = 50;
+  const int32_t num_valid = static_cast<int32_t>(rng.integer(1, kTokens - 1));
+  const Buffer y = Buffer::from(dtype, rng.nonzero_vector(kRows * kHidden, 1.0f));
+  std::vector<int32_t> slot_to_row(kTokens * kTopK);
+  for (int32_t& row : slot_to_row)
+    row = rng.chance(0.25) ? -1 : static_cast<int32_t>(rng.integer(0, kRows - 1));
+  std::vector<float> weights(kTokens * kTopK);
+  for (float& w : weights) w = std::abs(rng.nonzero(1.0f));
+  Buffer out = Buffer::poisoned(dtype, kTokens * kStride);
+
+  CombineArgs args;
+  args.permuted_out = TensorView::contiguous(y.data(), dtype, {kRows, kHidden});
+  args.slot_to_row = TensorView::contiguous(slot_to_row.data(), DType::i32, {kTokens, kTopK});
+  args.topk_weights = TensorView::contiguous(weights.data(), DType::f32, {kTokens, kTopK});
+  args.out = TensorView::rows(out.data(), dtype, kTokens, kHidden, kStride);
+  args.num_valid_tokens = &num_valid;
+  ThreadPool pool(2);
+  combine(args, Stream::cpu(&pool));
+
+  const std::vector<float> y_f = y.to_float();
+  const std::vector<float> got = out.to_float();
+  const Buffer poison = Buffer::poisoned(dtype, 1);
+  for (int64_t t = 0; t < kTokens; ++t) {
+    std::vector<double> ref(kHidden, 0.0);
+    std::vector<float> row(got.begin() + t * kStride, got.begin() + t * kStride + kHidden);
+    for (int64_t j = 0; j < kTopK && t < num_valid; ++j) {
+      const int32_t r = slot_to_row[t * kTopK + j];
+      if (r < 0) continue;
+      for (int64_t c = 0; c < kHidden; ++c)
+        ref[c] += double{weights[t * kTopK + j]} * y_f[r * kHidden + c];
+    }
+    if (t >= num_valid) {
+      for (int64_t c = 0; c < kHidden; ++c)
+        ASSERT_EQ(row[c], 0.0f) << "padding token " << t << " column " << c << " is not zero";
+    } else {
+      const double error = reference::max_relative_error(ref.data(), row.data(), 1, kHidden);
+      ASSERT_LE(error, layer_tolerance(dtype)) << "token " << t << ": relative error " << error
+                                               << "; " << describe_worst(ref, row, kHidden);
+    }
+    for (int64_t c = kHidden; c < kStride; ++c)
+      ASSERT_EQ(bits_at(out, t * kStride + c), bits_at(poison, 0))
+          << "token " << t << ": combine wrote into the row padding at column " << c;
+  }
+}
+
+}  // namespace
+}  // namespace ironmoe::test

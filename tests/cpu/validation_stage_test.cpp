@@ -1,0 +1,283 @@
+// Host-side validation of the stage entry points (route, plan, gather, experts, combine), for
+// engines that call them directly: each bad argument throws ironmoe::Error naming it. Each case
+// starts from arguments that work and breaks one thing.
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "test_util.h"
+
+namespace ironmoe::test {
+namespace {
+
+constexpr int64_t kTokens = 6, kExperts = 8, kTopK = 2, kHidden = 16, kInter = 8;
+constexpr int64_t kRows = kTokens * kTopK;
+
+// Host buffers big enough for every stage's arguments at the sizes above.
+struct Buffers {
+  std::vector<float> logits = std::vector<float>(kTokens * kExperts, 0.5f);
+  std::vector<float> bias = std::vector<float>(kExperts, 0.1f);
+  std::vector<int32_t> ids = std::vector<int32_t>(kRows, 1);
+  std::vector<float> weights = std::vector<float>(kRows, 0.5f);
+  std::vector<int32_t> counts = std::vector<int32_t>(kExperts, 0);
+  std::vector<int32_t> offsets = std::vector<int32_t>(kExperts + 1, 0);
+  std::vector<int32_t> slot_to_row = std::vector<int32_t>(kRows, -1);
+  std::vector<int32_t> row_to_slot = std::vector<int32_t>(kExperts * kTokens, -1);
+  std::vector<float> x = std::vector<float>(kTokens * kHidden, 0.25f);
+  std::vector<float> permuted = std::vector<float>(kRows * kHidden, 0.0f);
+  std::vector<float> w13 = std::vector<float>(kExperts * 2 * kInter * kHidden, 0.1f);
+  std::vector<float> w2 = std::vector<float>(kExperts * kHidden * kInter, 0.1f);
+  std::vector<float> inter = std::vector<float>(kRows * kInter, 0.0f);
+  std::vector<float> out = std::vector<float>(kTokens * kHidden, 0.0f);
+};
+
+TensorView i32(std::vector<int32_t>& v, std::initializer_list<int64_t> shape) {
+  return TensorView::contiguous(v.data(), DType::i32, shape);
+}
+TensorView f32(std::vector<float>& v, std::initializer_list<int64_t> shape) {
+  return TensorView::contiguous(v.data(), DType::f32, shape);
+}
+
+template <class Args>
+struct Case {
+  const char* what;
+  std::function<void(Args&, RoutingConfig&)> breaks;
+  std::vector<std::string> names;
+};
+
+TEST(StageValidation, RouteNamesTheBadArgument) {
+  Buffers b;
+  auto valid = [&] {
+    RouteArgs a;
+    a.logits = f32(b.logits, {kTokens, kExperts});
+    a.topk_ids = i32(b.ids, {kTokens, kTopK});
+    a.topk_weights = f32(b.weights, {kTokens, kTopK});
+    return a;
+  };
+  RouteArgs ok = valid();
+  EXPECT_NO_THROW(route(RoutingConfig{}, ok, Stream::cpu()));
+  const Case<RouteArgs> cases[] = {
+      {"no logits", [](RouteArgs& a, RoutingConfig&) { a.logits = {}; }, {"logits"}},
+      {"logits dtype",
+       [](RouteArgs& a, RoutingConfig&) { a.logits.dtype = DType::i32; },
+       {"logits"}},
+      {"logits device",
+       [](RouteArgs& a, RoutingConfig&) { a.logits.device = Device::cuda(); },
+       {"logits"}},
+      {"ids rows", [](RouteArgs& a, RoutingConfig&) { a.topk_ids.shape[0] -= 1; }, {"topk_ids"}},
+      {"k = 0", [](RouteArgs& a, RoutingConfig&) { a.topk_ids.shape[1] = 0; }, {"topk_ids"}},
+      {"k > E",
+       [](RouteArgs& a, RoutingConfig&) {
+         a.logits.shape[1] = 1;
+         a.logits.strides[0] = 1;
+       },
+       {"topk_ids"}},
+      {"weights dtype",
+       [](RouteArgs& a, RoutingConfig&) { a.topk_weights.dtype = DType::bf16; },
+       {"topk_weights"}},
+      {"weights absent",
+       [](RouteArgs& a, RoutingConfig&) { a.topk_weights = {}; },
+       {"topk_weights"}},
+      {"ids null", [](RouteArgs& a, RoutingConfig&) { a.topk_ids.data = nullptr; }, {"topk_ids"}},
+      {"bias without grouping",
+       [&](RouteArgs& a, RoutingConfig&) { a.correction_bias = f32(b.bias, {kExperts}); },
+       {"correction_bias"}},
+      {"bias shape",
+       [&](RouteArgs& a, RoutingConfig& r) {
+         r.kind = RoutingKind::grouped_topk;
+         r.num_groups = 2;
+         a.correction_bias = f32(b.bias, {kExperts - 1});
+       },
+       {"correction_bias"}},
+      {"num_groups",
+       [](RouteArgs&, RoutingConfig& r) {
+         r.kind = RoutingKind::grouped_topk;
+         r.num_groups = 3;
+       },
+       {"num_groups"}},
+      {"scaling",
+       [](RouteArgs&, RoutingConfig& r) { r.routed_scaling_factor = -1.0f; },
+       {"routed_scaling_factor"}},
+  };
+  for (const auto& c : cases) {
+    RouteArgs args = valid();
+    RoutingConfig routing;
+    c.breaks(args, routing);
+    expect_error_naming([&] { route(routing, args, Stream::cpu()); }, c.names, c.what);
+  }
+}
+
+TEST(StageValidation, PlanNamesTheBadArgument) {
+  Buffers b;
+  auto valid = [&] {
+    PlanArgs a;
+    a.topk_ids = i32(b.ids, {kTokens, kTopK});
+    a.num_experts = kExperts;
+    a.expert_counts = i32(b.counts, {kExperts});
+    a.expert_offsets = i32(b.offsets, {kExperts + 1});
+    a.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
+    a.row_to_slot = i32(b.row_to_slot, {kRows});
+    return a;
+  };
+  PlanArgs ok = valid();
+  EXPECT_NO_THROW(plan(ok, Stream::cpu()));
+  const Case<PlanArgs> cases[] = {
+      {"no ids", [](PlanArgs& a, RoutingConfig&) { a.topk_ids = {}; }, {"topk_ids"}},
+      {"ids dtype",
+       [](PlanArgs& a, RoutingConfig&) { a.topk_ids.dtype = DType::f32; },
+       {"topk_ids"}},
+      {"k > E", [](PlanArgs& a, RoutingConfig&) { a.num_experts = 1; }, {"topk_ids"}},
+      {"num_experts 0", [](PlanArgs& a, RoutingConfig&) { a.num_experts = 0; }, {"num_experts"}},
+      {"expert_end > E",
+       [](PlanArgs& a, RoutingConfig&) { a.expert_end = kExperts + 1; },
+       {"expert_end"}},
+      {"expert_begin > end",
+       [](PlanArgs& a, RoutingConfig&) {
+         a.expert_begin = 5;
+         a.expert_end = 4;
+       },
+       {"expert_begin"}},
+      {"batched capacity 0",
+       [](PlanArgs& a, RoutingConfig&) { a.layout = Layout::batched; },
+       {"capacity"}},
+      {"batched row_to_slot size",
+       [](PlanArgs& a, RoutingConfig&) {
+         a.layout = Layout::batched;
+         a.capacity = 2;
+       },
+       {"row_to_slot"}},
+      {"counts size",
+       [](PlanArgs& a, RoutingConfig&) { a.expert_counts.shape[0] += 1; },
+       {"expert_counts"}},
+      {"offsets size",
+       [](PlanArgs& a, RoutingConfig&) { a.expert_offsets.shape[0] -= 1; },
+       {"expert_offsets"}},
+      {"slot_to_row shape",
+       [](PlanArgs& a, RoutingConfig&) { a.slot_to_row.shape[1] = 3; },
+       {"slot_to_row"}},
+      {"row_to_slot null",
+       [](PlanArgs& a, RoutingConfig&) { a.row_to_slot.data = nullptr; },
+       {"row_to_slot"}},
+      {"counts device",
+       [](PlanArgs& a, RoutingConfig&) { a.expert_counts.device = Device::cuda(); },
+       {"expert_counts"}},
+  };
+  for (const auto& c : cases) {
+    PlanArgs args = valid();
+    RoutingConfig unused;
+    c.breaks(args, unused);
+    expect_error_naming([&] { plan(args, Stream::cpu()); }, c.names, c.what);
+  }
+}
+
+TEST(StageValidation, GatherExpertsAndCombineNameTheBadArgument) {
+  Buffers b;
+  auto valid_gather = [&] {
+    GatherArgs a;
+    a.x = f32(b.x, {kTokens, kHidden});
+    a.row_to_slot = i32(b.row_to_slot, {kRows});
+    a.top_k = kTopK;
+    a.permuted = f32(b.permuted, {kRows, kHidden});
+    return a;
+  };
+  auto valid_experts = [&] {
+    ExpertArgs a;
+    a.permuted_in = f32(b.permuted, {kRows, kHidden});
+    a.expert_offsets = i32(b.offsets, {kExperts + 1});
+    a.expert_counts = i32(b.counts, {kExperts});
+    a.w13 = f32(b.w13, {kExperts, 2 * kInter, kHidden});
+    a.w2 = f32(b.w2, {kExperts, kHidden, kInter});
+    a.intermediate = f32(b.inter, {kRows, kInter});
+    a.permuted_out = f32(b.permuted, {kRows, kHidden});
+    return a;
+  };
+  auto valid_combine = [&] {
+    CombineArgs a;
+    a.permuted_out = f32(b.permuted, {kRows, kHidden});
+    a.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
+    a.topk_weights = f32(b.weights, {kTokens, kTopK});
+    a.out = f32(b.out, {kTokens, kHidden});
+    return a;
+  };
+  GatherArgs gather_ok = valid_gather();
+  ExpertArgs experts_ok = valid_experts();
+  CombineArgs combine_ok = valid_combine();
+  EXPECT_NO_THROW(gather(gather_ok, Stream::cpu()));
+  EXPECT_NO_THROW(experts(experts_ok, Stream::cpu()));
+  EXPECT_NO_THROW(combine(combine_ok, Stream::cpu()));
+
+  const Case<GatherArgs> gather_cases[] = {
+      {"x dtype", [](GatherArgs& a, RoutingConfig&) { a.x.dtype = DType::i32; }, {"x"}},
+      {"top_k 0", [](GatherArgs& a, RoutingConfig&) { a.top_k = 0; }, {"top_k"}},
+      {"permuted rows",
+       [](GatherArgs& a, RoutingConfig&) { a.permuted.shape[0] += 1; },
+       {"permuted"}},
+      {"permuted dtype",
+       [](GatherArgs& a, RoutingConfig&) { a.permuted.dtype = DType::bf16; },
+       {"permuted"}},
+      {"row_to_slot rank",
+       [](GatherArgs& a, RoutingConfig&) {
+         a.row_to_slot.ndim = 2;
+         a.row_to_slot.shape[1] = 1;
+       },
+       {"row_to_slot"}},
+  };
+  for (const auto& c : gather_cases) {
+    GatherArgs args = valid_gather();
+    RoutingConfig unused;
+    c.breaks(args, unused);
+    expect_error_naming([&] { gather(args, Stream::cpu()); }, c.names, c.what);
+  }
+
+  const Case<ExpertArgs> expert_cases[] = {
+      {"w13 odd rows",
+       [](ExpertArgs& a, RoutingConfig&) { a.w13.shape[1] = 2 * kInter - 1; },
+       {"w13"}},
+      {"w13 hidden", [](ExpertArgs& a, RoutingConfig&) { a.w13.shape[2] += 1; }, {"w13"}},
+      {"w2 shape", [](ExpertArgs& a, RoutingConfig&) { a.w2.shape[0] -= 1; }, {"w2"}},
+      {"offsets size",
+       [](ExpertArgs& a, RoutingConfig&) { a.expert_offsets.shape[0] += 1; },
+       {"expert_offsets"}},
+      {"counts size",
+       [](ExpertArgs& a, RoutingConfig&) { a.expert_counts.shape[0] -= 1; },
+       {"expert_counts"}},
+      {"intermediate shape",
+       [](ExpertArgs& a, RoutingConfig&) { a.intermediate.shape[1] += 1; },
+       {"intermediate"}},
+      {"permuted_out dtype",
+       [](ExpertArgs& a, RoutingConfig&) { a.permuted_out.dtype = DType::bf16; },
+       {"permuted_out"}},
+      {"no permuted_in",
+       [](ExpertArgs& a, RoutingConfig&) { a.permuted_in = {}; },
+       {"permuted_in"}},
+  };
+  for (const auto& c : expert_cases) {
+    ExpertArgs args = valid_experts();
+    RoutingConfig unused;
+    c.breaks(args, unused);
+    expect_error_naming([&] { experts(args, Stream::cpu()); }, c.names, c.what);
+  }
+
+  const Case<CombineArgs> combine_cases[] = {
+      {"out rows", [](CombineArgs& a, RoutingConfig&) { a.out.shape[0] += 1; }, {"out"}},
+      {"out dtype", [](CombineArgs& a, RoutingConfig&) { a.out.dtype = DType::bf16; }, {"out"}},
+      {"weights shape",
+       [](CombineArgs& a, RoutingConfig&) { a.topk_weights.shape[1] = 3; },
+       {"topk_weights"}},
+      {"slot_to_row dtype",
+       [](CombineArgs& a, RoutingConfig&) { a.slot_to_row.dtype = DType::f32; },
+       {"slot_to_row"}},
+  };
+  for (const auto& c : combine_cases) {
+    CombineArgs args = valid_combine();
+    RoutingConfig unused;
+    c.breaks(args, unused);
+    expect_error_naming([&] { combine(args, Stream::cpu()); }, c.names, c.what);
+  }
+  // A CUDA stream: a CPU-only build names the stream, a CUDA build the first host tensor.
+  expect_error_naming([&] { combine(combine_ok, Stream::cuda(nullptr)); },
+                      {cuda_compiled() ? "permuted_out" : "stream"}, "cuda stream, host tensors");
+}
+
+}  // namespace
+}  // namespace ironmoe::test

@@ -1,0 +1,281 @@
+// Host-side validation (contract, "Layer"): every bad argument throws ironmoe::Error whose message
+// names the argument. Each case starts from a call that works and breaks one thing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include "test_util.h"
+
+namespace ironmoe::test {
+namespace {
+
+// A Layer::forward call that works: grouped routing from logits with a correction bias.
+struct Call {
+  MoeConfig config;
+  LayerProblem problem;
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+  Buffer out;
+  std::shared_ptr<AlignedBuffer> workspace;
+  Inputs inputs;
+  Weights layer_weights;
+  Outputs outputs;
+  Workspace space;
+  Stream stream = Stream::cpu();
+
+  explicit Call(Rng& rng, int64_t tokens = 8) {
+    config = small_config(16, 4, 8);
+    config.routing.kind = RoutingKind::grouped_topk;
+    config.routing.num_groups = 4;
+    config.routing.topk_groups = 2;
+    problem = make_problem(config, tokens, true, rng);
+    ids.assign(static_cast<size_t>(tokens * 4), 1);
+    weights.assign(static_cast<size_t>(tokens * 4), 0.25f);
+    out = Buffer::poisoned(config.dtype, tokens * config.hidden);
+    workspace = std::make_shared<AlignedBuffer>(workspace_bytes(config, Device::cpu()));
+    const int64_t h = config.hidden, inter = config.intermediate, e = config.num_experts;
+    inputs.x = TensorView::contiguous(problem.x.data(), DType::f32, {tokens, h});
+    inputs.router_logits = TensorView::contiguous(problem.logits.data(), DType::f32, {tokens, e});
+    inputs.correction_bias = TensorView::contiguous(problem.bias.data(), DType::f32, {e});
+    layer_weights.w13 = TensorView::contiguous(problem.w13.data(), DType::f32, {e, 2 * inter, h});
+    layer_weights.w2 = TensorView::contiguous(problem.w2.data(), DType::f32, {e, h, inter});
+    outputs.out = TensorView::contiguous(out.data(), DType::f32, {tokens, h});
+    space = {workspace->data(), workspace->bytes()};
+  }
+  void use_ids() {
+    inputs.router_logits = {};
+    inputs.correction_bias = {};
+    inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {problem.tokens, 4});
+    inputs.topk_weights = TensorView::contiguous(weights.data(), DType::f32, {problem.tokens, 4});
+  }
+  void forward() const {
+    Layer(config, Device::cpu()).forward(inputs, layer_weights, outputs, space, stream);
+  }
+};
+
+struct ForwardCase {
+  const char* what;
+  std::function<void(Call&)> breaks;
+  std::vector<std::string> names;
+};
+
+TEST(Validation, TheBaseCallsWork) {
+  Rng rng = Rng::for_current_test();
+  Call logits(rng);
+  EXPECT_NO_THROW(logits.forward());
+  Call ids(rng);
+  ids.use_ids();
+  EXPECT_NO_THROW(ids.forward());
+}
+
+TEST(Validation, LayerForwardNamesTheBadArgument) {
+  Rng rng = Rng::for_current_test();
+  // Aligned to 64 bytes but not to the 256 the workspace needs, and to nothing at all.
+  AlignedBuffer misaligned_64(1 << 20, 64);
+  AlignedBuffer misaligned_1(1 << 20, 1);
+  const ForwardCase cases[] = {
+      {"x dtype", [](Call& c) { c.inputs.x.dtype = DType::bf16; }, {"inputs.x"}},
+      {"x hidden", [](Call& c) { c.inputs.x.shape[1] += 1; }, {"inputs.x"}},
+      {"x rank",
+       [](Call& c) {
+         c.inputs.x.ndim = 3;
+         c.inputs.x.shape[2] = 1;
+       },
+       {"inputs.x"}},
+      {"x column stride", [](Call& c) { c.inputs.x.strides[1] = 2; }, {"inputs.x"}},
+      {"x null", [](Call& c) { c.inputs.x.data = nullptr; }, {"inputs.x"}},
+      {"x device", [](Call& c) { c.inputs.x.device = Device::cuda(); }, {"inputs.x"}},
+      {"T > max_tokens", [](Call& c) { c.config.max_tokens = 7; }, {"max_tokens"}},
+      {"logits columns",
+       [](Call& c) { c.inputs.router_logits.shape[1] -= 1; },
+       {"inputs.router_logits"}},
+      {"logits rows",
+       [](Call& c) { c.inputs.router_logits.shape[0] += 1; },
+       {"inputs.router_logits"}},
+      {"logits dtype",
+       [](Call& c) { c.inputs.router_logits.dtype = DType::i32; },
+       {"inputs.router_logits"}},
+      {"logits device",
+       [](Call& c) { c.inputs.router_logits.device = Device::cuda(); },
+       {"inputs.router_logits"}},
+      {"logits and ids",
+       [](Call& c) {
+         c.inputs.topk_ids = TensorView::contiguous(c.ids.data(), DType::i32, {8, 4});
+         c.inputs.topk_weights = TensorView::contiguous(c.weights.data(), DType::f32, {8, 4});
+       },
+       {"router_logits", "topk_ids"}},
+      {"neither logits nor ids",
+       [](Call& c) { c.inputs.router_logits = {}; },
+       {"router_logits", "topk_ids"}},
+      {"ids without weights",
+       [](Call& c) {
+         c.use_ids();
+         c.inputs.topk_weights = {};
+       },
+       {"topk_weights"}},
+      {"ids shape",
+       [](Call& c) {
+         c.use_ids();
+         c.inputs.topk_ids.shape[1] = 3;
+       },
+       {"inputs.topk_ids"}},
+      {"ids dtype",
+       [](Call& c) {
+         c.use_ids();
+         c.inputs.topk_ids.dtype = DType::f32;
+       },
+       {"inputs.topk_ids"}},
+      {"weights dtype",
+       [](Call& c) {
+         c.use_ids();
+         c.inputs.topk_weights.dtype = DType::bf16;
+       },
+       {"inputs.topk_weights"}},
+      {"bias shape",
+       [](Call& c) { c.inputs.correction_bias.shape[0] += 1; },
+       {"inputs.correction_bias"}},
+      {"bias without grouped routing",
+       [](Call& c) { c.config.routing = RoutingConfig{}; },
+       {"correction_bias"}},
+      {"w13 experts", [](Call& c) { c.layer_weights.w13.shape[0] -= 1; }, {"weights.w13"}},
+      {"w13 dtype", [](Call& c) { c.layer_weights.w13.dtype = DType::bf16; }, {"weights.w13"}},
+      {"w13 strides", [](Call& c) { c.layer_weights.w13.strides[0] += 1; }, {"weights.w13"}},
+      {"w13 null", [](Call& c) { c.layer_weights.w13.data = nullptr; }, {"weights.w13"}},
+      {"w13 device", [](Call& c) { c.layer_weights.w13.device = Device::cuda(); }, {"weights.w13"}},
+      {"w2 shape", [](Call& c) { c.layer_weights.w2.shape[2] += 1; }, {"weights.w2"}},
+      {"w2 dtype", [](Call& c) { c.layer_weights.w2.dtype = DType::i32; }, {"weights.w2"}},
+      {"out shape", [](Call& c) { c.outputs.out.shape[0] -= 1; }, {"outputs.out"}},
+      {"out dtype", [](Call& c) { c.outputs.out.dtype = DType::bf16; }, {"outputs.out"}},
+      {"out null", [](Call& c) { c.outputs.out.data = nullptr; }, {"outputs.out"}},
+      {"workspace too small", [](Call& c) { c.space.bytes -= 1; }, {"workspace"}},
+      {"workspace null", [](Call& c) { c.space.data = nullptr; }, {"workspace"}},
+      {"workspace misaligned by 64",
+       [&](Call& c) { c.space.data = misaligned_64.data(); },
+       {"workspace"}},
+      {"workspace misaligned by 1",
+       [&](Call& c) { c.space.data = misaligned_1.data(); },
+       {"workspace"}},
+      {"stream device", [](Call& c) { c.stream = Stream::cuda(nullptr); }, {"stream"}},
+  };
+  for (const ForwardCase& test_case : cases) {
+    Call call(rng);
+    test_case.breaks(call);
+    expect_error_naming([&] { call.forward(); }, test_case.names, test_case.what);
+  }
+}
+
+TEST(Validation, ConfigNamesTheBadField) {
+  struct ConfigCase {
+    const char* what;
+    std::function<void(MoeConfig&)> breaks;
+    const char* name;
+  };
+  const ConfigCase cases[] = {
+      {"hidden 0", [](MoeConfig& c) { c.hidden = 0; }, "hidden"},
+      {"hidden < 0", [](MoeConfig& c) { c.hidden = -4; }, "hidden"},
+      {"intermediate 0", [](MoeConfig& c) { c.intermediate = 0; }, "intermediate"},
+      {"num_experts 0", [](MoeConfig& c) { c.num_experts = 0; }, "num_experts"},
+      {"top_k 0", [](MoeConfig& c) { c.top_k = 0; }, "top_k"},
+      {"top_k > E", [](MoeConfig& c) { c.top_k = 17; }, "top_k"},
+      {"max_tokens 0", [](MoeConfig& c) { c.max_tokens = 0; }, "max_tokens"},
+      {"max_tokens < 0", [](MoeConfig& c) { c.max_tokens = -1; }, "max_tokens"},
+      {"expert_begin < 0", [](MoeConfig& c) { c.expert_begin = -1; }, "expert_begin"},
+      {"expert_begin > end",
+       [](MoeConfig& c) {
+         c.expert_begin = 9;
+         c.expert_end = 8;
+       },
+       "expert_begin"},
+      {"expert_end > E", [](MoeConfig& c) { c.expert_end = 17; }, "expert_end"},
+      {"num_groups not a divisor",
+       [](MoeConfig& c) {
+         c.routing.kind = RoutingKind::grouped_topk;
+         c.routing.num_groups = 3;
+       },
+       "num_groups"},
+      {"topk_groups 0",
+       [](MoeConfig& c) {
+         c.routing.kind = RoutingKind::grouped_topk;
+         c.routing.num_groups = 4;
+         c.routing.topk_groups = 0;
+       },
+       "topk_groups"},
+      {"topk_groups > num_groups",
+       [](MoeConfig& c) {
+         c.routing.kind = RoutingKind::grouped_topk;
+         c.routing.num_groups = 4;
+         c.routing.topk_groups = 5;
+       },
+       "topk_groups"},
+      {"kept groups hold fewer than k experts",
+       [](MoeConfig& c) {
+         c.routing.kind = RoutingKind::grouped_topk;
+         c.routing.num_groups = 8;
+         c.routing.topk_groups = 1;
+       },
+       "topk_groups"},
+      {"scaling 0", [](MoeConfig& c) { c.routing.routed_scaling_factor = 0.0f; },
+       "routed_scaling_factor"},
+      {"scaling NaN", [](MoeConfig& c) { c.routing.routed_scaling_factor = std::nanf(""); },
+       "routed_scaling_factor"},
+      {"batched_capacity < 0", [](MoeConfig& c) { c.batched_capacity = -1; }, "batched_capacity"},
+      {"dtype i32", [](MoeConfig& c) { c.dtype = DType::i32; }, "dtype"},
+      {"dtype f16 on the CPU", [](MoeConfig& c) { c.dtype = DType::f16; }, "dtype"},
+  };
+  for (const ConfigCase& test_case : cases) {
+    MoeConfig config = small_config(16, 4, 8);
+    test_case.breaks(config);
+    expect_error_naming([&] { Layer layer(config, Device::cpu()); }, {test_case.name},
+                        std::string("Layer: ") + test_case.what);
+    expect_error_naming([&] { (void)workspace_bytes(config, Device::cpu()); }, {test_case.name},
+                        std::string("workspace_bytes: ") + test_case.what);
+  }
+  expect_error_naming([] { (void)preset("qwen4", 8); }, {"name", "qwen3-30b-a3b"},
+                      "unknown preset");
+  if (!cuda_compiled())
+    expect_error_naming([] { Layer layer(small_config(16, 4, 8), Device::cuda()); }, {"cuda"},
+                        "cuda layer in a CPU-only build");
+}
+
+// DESIGN.md section 1, the table the presets come from.
+TEST(Validation, PresetsFollowTheDesignTable) {
+  struct Row {
+    const char* name;
+    int64_t hidden, intermediate, experts, top_k;
+    RoutingKind kind;
+  };
+  const Row table[] = {{"qwen3-30b-a3b", 2048, 768, 128, 8, RoutingKind::softmax_topk},
+                       {"qwen3-next-80b-a3b", 2048, 512, 512, 10, RoutingKind::softmax_topk},
+                       {"mixtral-8x7b", 4096, 14336, 8, 2, RoutingKind::softmax_topk},
+                       {"deepseek-v3", 7168, 2048, 256, 8, RoutingKind::grouped_topk}};
+  EXPECT_EQ(preset_names().size(), std::size(table));
+  for (const Row& row : table) {
+    const MoeConfig c = preset(row.name, 16);
+    EXPECT_TRUE(c.hidden == row.hidden && c.intermediate == row.intermediate &&
+                c.num_experts == row.experts && c.top_k == row.top_k &&
+                c.routing.kind == row.kind && c.routing.renormalize && c.max_tokens == 16)
+        << row.name << " differs from DESIGN.md section 1";
+    if (row.kind == RoutingKind::grouped_topk) {
+      EXPECT_TRUE(c.routing.num_groups == 8 && c.routing.topk_groups == 4 &&
+                  c.routing.routed_scaling_factor == 2.5f)
+          << row.name << " grouping differs from DESIGN.md section 1";
+    }
+  }
+}
+
+// Zero tokens is a valid batch: nothing is computed, nothing is counted.
+TEST(Validation, ZeroTokensIsValidAndDoesNothing) {
+  Rng rng = Rng::for_current_test();
+  for (bool from_logits : {true, false}) {
+    Call call(rng, 0);
+    if (!from_logits) call.use_ids();
+    std::array<int32_t, kDiagnosticCount> diagnostics{};
+    call.inputs.diagnostics = diagnostics.data();
+    EXPECT_NO_THROW(call.forward()) << (from_logits ? "logits" : "ids");
+    EXPECT_EQ(diagnostics, (std::array<int32_t, kDiagnosticCount>{}));
+  }
+}
+
+}  // namespace
+}  // namespace ironmoe::test
