@@ -1,0 +1,202 @@
+// Stage 4 on CUDA: the expert MLPs over the permuted rows (include/ironmoe/experts.h).
+//
+// Two paths, chosen by one rule (choose_path):
+//  sm90_bf16  bf16 storage on a Hopper GPU with TMA-compatible operands (H and I multiples of 8,
+//             16-byte aligned buffers): write both GEMMs' device-side problem lists (one launch),
+//             GEMM1 x @ w13^T -> gate_up [R, 2I] (bf16, in scratch), h = act(gate) * up ->
+//             intermediate, GEMM2 h @ w2^T -> permuted_out. gate and up are rounded to bf16
+//             before the activation (one extra rounding the CPU backend does not do; fusing the
+//             activation into GEMM1's epilogue removes it).
+//  simt       everything else (f32, f16, bf16 with unaligned shapes or pointers, non-Hopper GPUs):
+//             GEMM1 with the activation fused (fp32 gate and up, exactly the CPU's semantics),
+//             then GEMM2, on CUDA cores. Correct for any shape; not tuned for speed.
+// Neither path allocates, synchronises with the host or needs the row counts on the host, so the
+// stage can be captured in a CUDA graph. Rows outside every expert's range are neither read nor
+// written; ranges that do not fit inside [0, R) are treated as empty (expert_rows.cuh).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/check.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+#include "cuda/gemm/expert_rows.h"
+#include "cuda/gemm/gated_activation.h"
+#include "cuda/gemm/grouped_gemm_simt.h"
+#include "cuda/gemm/grouped_gemm_sm90.h"
+
+namespace ironmoe::cuda {
+namespace {
+
+constexpr size_t kScratchAlignment = 256;
+
+size_t align_up(size_t bytes) {
+  return (bytes + kScratchAlignment - 1) / kScratchAlignment * kScratchAlignment;
+}
+
+// The sm90 path's scratch: two problem lists, the GEMM workspace and gate_up [max_rows, 2I] bf16,
+// each 256-byte aligned, plus slack so that any scratch pointer can be aligned up first.
+struct Sm90Scratch {
+  size_t gemm1_list = 0;
+  size_t gemm2_list = 0;
+  size_t workspace = 0;
+  size_t gate_up = 0;
+  size_t total = 0;
+};
+
+Sm90Scratch sm90_scratch(int64_t max_rows, int64_t intermediate, int64_t local_experts,
+                         int sm_count) {
+  Sm90Scratch scratch;
+  size_t end = 0;
+  auto take = [&](size_t bytes) {
+    const size_t offset = end;
+    end = align_up(offset + bytes);
+    return offset;
+  };
+  scratch.gemm1_list = take(gemm::sm90_bf16_problem_list_bytes(local_experts));
+  scratch.gemm2_list = take(gemm::sm90_bf16_problem_list_bytes(local_experts));
+  scratch.workspace = take(gemm::sm90_bf16_workspace_bytes(sm_count));
+  scratch.gate_up = take(static_cast<size_t>(max_rows) * 2 * intermediate * sizeof(uint16_t));
+  scratch.total = end + kScratchAlignment;
+  return scratch;
+}
+
+// Shapes the Hopper path can take at all (pointers and strides are checked per call).
+bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
+  return dtype == DType::bf16 && hidden % 8 == 0 && intermediate % 8 == 0;
+}
+
+int device_attribute(cudaDeviceAttr attribute, int device_index) {
+  int value = 0;
+  IRONMOE_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device_index));
+  return value;
+}
+
+int sm_count(int device_index) {
+  return device_attribute(cudaDevAttrMultiProcessorCount, device_index);
+}
+
+// sm_90a code runs on compute capability 9.0 exactly.
+bool is_sm90(int device_index) {
+  return device_attribute(cudaDevAttrComputeCapabilityMajor, device_index) == 9 &&
+         device_attribute(cudaDevAttrComputeCapabilityMinor, device_index) == 0;
+}
+
+enum class ExpertPath { sm90_bf16, simt };
+
+ExpertPath choose_path(DType dtype, int64_t hidden, int64_t intermediate, int device_index,
+                       const gemm::Sm90GemmOperands& gemm1, const gemm::Sm90GemmOperands& gemm2) {
+  const bool sm90 = sm90_shapes(dtype, hidden, intermediate) && is_sm90(device_index) &&
+                    gemm::sm90_bf16_supports(gemm1) && gemm::sm90_bf16_supports(gemm2);
+  return sm90 ? ExpertPath::sm90_bf16 : ExpertPath::simt;
+}
+
+void run_simt(const gemm::ExpertRows& rows, const ExpertArgs& args, int64_t hidden,
+              int64_t intermediate, cudaStream_t stream) {
+  gemm::SimtGemmArgs gemm1;
+  gemm1.a = args.permuted_in.data;
+  gemm1.a_stride = args.permuted_in.strides[0];
+  gemm1.b = args.w13.data;
+  gemm1.b_expert_stride = args.w13.strides[0];
+  gemm1.d = args.intermediate.data;
+  gemm1.d_stride = args.intermediate.strides[0];
+  gemm1.n = intermediate;
+  gemm1.k = hidden;
+  gemm1.dtype = args.permuted_in.dtype;
+  gemm1.gated = true;
+  gemm1.activation = args.activation;
+  gemm::grouped_gemm_simt(rows, gemm1, stream);
+
+  gemm::SimtGemmArgs gemm2;
+  gemm2.a = args.intermediate.data;
+  gemm2.a_stride = args.intermediate.strides[0];
+  gemm2.b = args.w2.data;
+  gemm2.b_expert_stride = args.w2.strides[0];
+  gemm2.d = args.permuted_out.data;
+  gemm2.d_stride = args.permuted_out.strides[0];
+  gemm2.n = hidden;
+  gemm2.k = intermediate;
+  gemm2.dtype = args.permuted_in.dtype;
+  gemm::grouped_gemm_simt(rows, gemm2, stream);
+}
+
+}  // namespace
+
+size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermediate,
+                            int64_t num_local_experts, DType dtype, int device_index) {
+  if (max_rows == 0 || num_local_experts == 0 || !sm90_shapes(dtype, hidden, intermediate)) {
+    return 0;  // nothing to run, or the simt path, which needs no scratch
+  }
+  return sm90_scratch(max_rows, intermediate, num_local_experts, sm_count(device_index)).total;
+}
+
+void experts(const ExpertArgs& args, void* stream_handle) {
+  const cudaStream_t stream = as_cuda_stream(stream_handle);
+  const int64_t rows_total = args.permuted_in.size(0);
+  const int64_t hidden = args.permuted_in.size(1);
+  const int64_t local_experts = args.w13.size(0);
+  const int64_t intermediate = args.w13.size(1) / 2;
+  if (rows_total == 0 || local_experts == 0) return;  // no row can belong to an expert
+  const DType dtype = args.permuted_in.dtype;
+  const int device_index = args.permuted_in.device.index;
+  const gemm::ExpertRows rows{args.expert_offsets.ptr<const int32_t>(),
+                              args.expert_counts.ptr<const int32_t>(), local_experts, rows_total};
+
+  // The scratch pointer may have any alignment: the layout carries slack to align it up.
+  const bool hopper_shapes = sm90_shapes(dtype, hidden, intermediate);
+  const int sms = hopper_shapes ? sm_count(device_index) : 0;
+  const Sm90Scratch layout =
+      hopper_shapes ? sm90_scratch(rows_total, intermediate, local_experts, sms) : Sm90Scratch{};
+  const auto scratch_address = reinterpret_cast<uintptr_t>(args.scratch);
+  auto* scratch = reinterpret_cast<char*>(align_up(scratch_address));
+  const bool scratch_fits = args.scratch != nullptr && args.scratch_bytes >= layout.total;
+
+  gemm::Sm90GemmOperands gemm1;
+  gemm1.a = args.permuted_in.data;
+  gemm1.a_stride = args.permuted_in.strides[0];
+  gemm1.b = args.w13.data;
+  gemm1.b_expert_stride = args.w13.strides[0];
+  // Without enough scratch gate_up stays null; the sm90 path then stops at the scratch check below
+  // rather than falling back silently.
+  gemm1.d = scratch_fits ? scratch + layout.gate_up : nullptr;
+  gemm1.d_stride = 2 * intermediate;
+  gemm1.n = 2 * intermediate;
+  gemm1.k = hidden;
+  gemm::Sm90GemmOperands gemm2;
+  gemm2.a = args.intermediate.data;
+  gemm2.a_stride = args.intermediate.strides[0];
+  gemm2.b = args.w2.data;
+  gemm2.b_expert_stride = args.w2.strides[0];
+  gemm2.d = args.permuted_out.data;
+  gemm2.d_stride = args.permuted_out.strides[0];
+  gemm2.n = hidden;
+  gemm2.k = intermediate;
+
+  if (choose_path(dtype, hidden, intermediate, device_index, gemm1, gemm2) == ExpertPath::simt) {
+    run_simt(rows, args, hidden, intermediate, stream);
+    return;
+  }
+  IRONMOE_CHECK(scratch_fits, "experts", "scratch: expected at least ", layout.total,
+                " bytes (expert_scratch_bytes), got ", args.scratch_bytes, " at ", args.scratch);
+
+  void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
+  const gemm::Sm90GemmOperands operands[2] = {gemm1, gemm2};
+  gemm::sm90_bf16_write_problem_lists(rows, operands, lists, 2, stream);
+  gemm::sm90_bf16_grouped_gemm(local_experts, lists[0], scratch + layout.workspace, device_index,
+                               sms, stream);
+
+  gemm::GatedActivationArgs activation;
+  activation.gate_up = gemm1.d;
+  activation.gate_up_stride = gemm1.d_stride;
+  activation.out = args.intermediate.data;
+  activation.out_stride = args.intermediate.strides[0];
+  activation.intermediate = intermediate;
+  activation.dtype = dtype;
+  activation.activation = args.activation;
+  gemm::gated_activation(rows, activation, stream);
+
+  gemm::sm90_bf16_grouped_gemm(local_experts, lists[1], scratch + layout.workspace, device_index,
+                               sms, stream);
+}
+
+}  // namespace ironmoe::cuda
