@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole check on a GPU machine: configure (Ninja, Release, warnings as errors, CUDA on), build
+# with every core, the CUDA and the CPU tests, scripts/sanitize.sh and a short ironmoe-bench over
+# every preset. Each step's output is tee'd into $OUT ($OUT unset: ./out), one log per step (at
+# most 8 files, what a device run brings back), and $OUT/summary.txt gets one line per step. Exits non-zero when any step fails; later steps still
+# run, so one failure does not hide the others.
+#
+#   scripts/device-check.sh [BUILD_DIR]     (default: build-device)
+#
+# The machine needs no network: third_party/ (googletest, cutlass) must travel with the tree
+# (scripts/fetch-deps.sh fills it where a registry is reachable).
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+build=${1:-build-device}
+out=${OUT:-$root/out}
+mkdir -p "$out"
+summary="$out/summary.txt"
+: >"$summary"
+status=0
+
+# step NAME COMMAND...: runs COMMAND, output to the terminal and $out/NAME.log.
+step() {
+  local name=$1
+  shift
+  local start=$SECONDS
+  echo "== $name: $*" | tee "$out/$name.log"
+  "$@" 2>&1 | tee -a "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  local verdict="ok"
+  if [ "$rc" -ne 0 ]; then
+    verdict="FAILED (exit $rc)"
+    status=1
+  fi
+  echo "$name: $verdict, $((SECONDS - start)) s" | tee -a "$summary"
+  return "$rc"
+}
+
+if [ ! -f third_party/googletest/CMakeLists.txt ] || [ ! -f third_party/cutlass/include/cutlass/cutlass.h ]; then
+  echo "third_party/ is incomplete; run scripts/fetch-deps.sh where a registry is reachable" \
+    | tee -a "$summary"
+  exit 1
+fi
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  echo "nvcc: $(nvcc --version 2>&1 | tail -n 1)"
+  echo "cmake: $(cmake --version | head -n 1)"
+} | tee -a "$summary"
+
+cores=$(nproc)
+# shellcheck disable=SC2317  # called through step
+configure_and_build() {
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIRONMOE_WERROR=ON \
+    -DIRONMOE_CUDA=ON && cmake --build "$build" -j "$cores"
+}
+step build configure_and_build || { cat "$summary"; exit 1; }
+step ctest-cuda ctest --test-dir "$build" -L cuda --output-on-failure
+step ctest-cpu ctest --test-dir "$build" -L cpu --output-on-failure -j "$cores"
+# sanitize.sh writes its full log to $out/sanitize.log; this step's log keeps its summary lines.
+step sanitizers env OUT="$out" "$root/scripts/sanitize.sh" "$build"
+bench="$build/tools/ironmoe-bench"
+if [ -x "$bench" ]; then
+  step bench "$bench" --device cuda --preset all --tokens 1,16,64,256,1024,4096,16384
+else
+  echo "bench: not built ($bench missing)" | tee -a "$summary"
+  status=1
+fi
+
+echo "---" && cat "$summary"
+exit $status

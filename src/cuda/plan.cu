@@ -1,0 +1,325 @@
+// Stage 2 on CUDA: a counting sort of the slots by local expert, one algorithm for every T.
+//
+// The slots are cut into chunks of kChunkSlots; three kernels run on the caller's stream:
+//   plan_count:   block b counts its chunk's slots per local expert into scratch row b, and
+//                 every block helps to set all of row_to_slot to -1 (placed rows are overwritten
+//                 by plan_scatter; the rest stay -1);
+//   plan_scan:    one block turns each scratch column into exclusive prefixes over chunks (the
+//                 rank of the chunk's first slot within its expert; up to 1024 experts at once,
+//                 each column's chunks split over up to 32 threads) and writes expert_counts and
+//                 expert_offsets (contiguous: a block scan of the counts; batched: e*capacity);
+//   plan_scatter: block b re-walks its chunk in slot order, 256 slots at a time, and gives each
+//                 slot its rank within its expert: warp peers by __match_any_sync, earlier warps
+//                 of the tile by a per-warp count table in shared memory, earlier tiles and
+//                 chunks by a running base. Writes slot_to_row for every slot and row_to_slot for
+//                 every placed slot.
+// Grid sizes depend only on the host-side T (and R), never on device data; num_valid_tokens is
+// read on the device; nothing synchronises with the host, so the plan is capturable. Counts use
+// shared-memory atomics (order-free); ranks use none, so every output is deterministic.
+#include <string>
+
+#include "core/check.h"
+#include "core/plan_math.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+
+namespace ironmoe::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kPlanThreads = 256;  // plan_count and plan_scatter
+constexpr int kPlanWarps = kPlanThreads / kWarpSize;
+constexpr int64_t kChunkSlots = 8 * kPlanThreads;
+constexpr int kScanThreads = 1024;  // plan_scan: one block
+constexpr int kScanWarps = kScanThreads / kWarpSize;
+
+int64_t num_chunks(int64_t slots) { return (slots + kChunkSlots - 1) / kChunkSlots; }
+
+struct PlanParams {
+  const int32_t* topk_ids;
+  int64_t tokens;
+  int64_t top_k;
+  int64_t slots;   // tokens * top_k
+  int64_t chunks;  // num_chunks(slots)
+  int64_t num_experts;
+  int64_t expert_begin;
+  int64_t expert_end;
+  int num_local;  // expert_end - expert_begin
+  bool batched;
+  int capacity;  // batched
+  int64_t rows;  // entries of row_to_slot
+  const int32_t* num_valid_tokens;
+  int32_t* diagnostics;
+  int32_t* chunk_counts;  // scratch [chunks, num_local]
+  int32_t* expert_counts;
+  int32_t* expert_offsets;
+  int32_t* slot_to_row;
+  int32_t* row_to_slot;
+};
+
+// Local expert of a slot, or -1 when the slot is skipped (padding row or id not local).
+__device__ __forceinline__ int slot_expert(const PlanParams& p, int64_t slot, int64_t valid) {
+  if (core::slot_token(slot, p.top_k) >= valid) return -1;
+  return core::local_expert_of(p.topk_ids[slot], p.expert_begin, p.expert_end);
+}
+
+__device__ __forceinline__ int warp_sum(int v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+__global__ void __launch_bounds__(kPlanThreads) plan_count_kernel(PlanParams p) {
+  extern __shared__ int expert_hist[];  // [num_local]
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kPlanThreads;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kPlanThreads + tid; r < p.rows; r += stride)
+    p.row_to_slot[r] = core::kNoSlot;
+  if (static_cast<int64_t>(blockIdx.x) >= p.chunks) return;  // a fill-only block
+
+  for (int e = tid; e < p.num_local; e += kPlanThreads) expert_hist[e] = 0;
+  __syncthreads();
+  const int64_t valid = core::valid_tokens(p.tokens, p.num_valid_tokens);
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunkSlots;
+  const int64_t end = begin + kChunkSlots < p.slots ? begin + kChunkSlots : p.slots;
+  int out_of_range = 0;
+  int remote = 0;
+  for (int64_t s = begin + tid; s < end; s += kPlanThreads) {
+    if (core::slot_token(s, p.top_k) >= valid) continue;  // padding rows are not counted
+    const int32_t id = p.topk_ids[s];
+    const int e = core::local_expert_of(id, p.expert_begin, p.expert_end);
+    if (e >= 0) {
+      atomicAdd(&expert_hist[e], 1);
+    } else if (id < 0 || id >= p.num_experts) {
+      ++out_of_range;
+    } else {
+      ++remote;
+    }
+  }
+  __syncthreads();
+  int32_t* row = p.chunk_counts + blockIdx.x * static_cast<int64_t>(p.num_local);
+  for (int e = tid; e < p.num_local; e += kPlanThreads) row[e] = expert_hist[e];
+
+  if (p.diagnostics == nullptr) return;
+  out_of_range = warp_sum(out_of_range);
+  remote = warp_sum(remote);
+  if (tid % kWarpSize == 0) {
+    if (out_of_range > 0) atomicAdd(p.diagnostics + kDiagIdOutOfRange, out_of_range);
+    if (remote > 0) atomicAdd(p.diagnostics + kDiagIdRemote, remote);
+  }
+}
+
+// Exclusive prefix of `value` over the block's threads in thread order; `total` gets the block's
+// sum. `warp_sums` is shared; the caller synchronises before the next call reuses it.
+__device__ int block_exclusive_scan(int value, int* warp_sums, int& total) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  int inclusive = value;
+  for (int offset = 1; offset < kWarpSize; offset *= 2) {
+    const int below = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += below;
+  }
+  if (lane == kWarpSize - 1) warp_sums[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    int warp_inclusive = warp_sums[lane];
+    for (int offset = 1; offset < kWarpSize; offset *= 2) {
+      const int below = __shfl_up_sync(kFullMask, warp_inclusive, offset);
+      if (lane >= offset) warp_inclusive += below;
+    }
+    warp_sums[lane] = warp_inclusive;
+  }
+  __syncthreads();
+  total = warp_sums[kScanWarps - 1];
+  return (warp == 0 ? 0 : warp_sums[warp - 1]) + inclusive - value;
+}
+
+// One block. Up to kScanThreads experts at a time ("columns"); each column's chunks are split
+// into `groups` contiguous ranges, one thread each, so a chunk's prefix is its thread's running
+// sum plus the totals of the ranges before. Then a block scan over the columns' totals gives the
+// contiguous offsets.
+__global__ void __launch_bounds__(kScanThreads) plan_scan_kernel(PlanParams p) {
+  __shared__ int range_sums[kScanThreads];  // [group][column]
+  __shared__ int column_totals[kScanThreads];
+  __shared__ int warp_sums[kScanWarps];
+  const int tid = static_cast<int>(threadIdx.x);
+  if (p.num_local == 0) {
+    if (tid == 0) p.expert_offsets[0] = 0;
+    return;
+  }
+  const int width = p.num_local < kScanThreads ? p.num_local : kScanThreads;
+  const int groups = kScanThreads / width < kWarpSize ? kScanThreads / width : kWarpSize;
+  const int column = tid % width;
+  const int group = tid / width;
+  const int64_t chunk_begin = p.chunks * group / groups;
+  const int64_t chunk_end = p.chunks * (group + 1) / groups;
+  const int64_t stride = p.num_local;
+  int carry = 0;     // contiguous: rows of the experts of earlier passes
+  int overflow = 0;  // batched: slots beyond capacity, per thread
+
+  for (int first = 0; first < p.num_local; first += width) {  // uniform over the block
+    const int e = first + column;
+    const bool walker = group < groups && e < p.num_local;
+    int sum = 0;
+    if (walker) {
+      for (int64_t c = chunk_begin; c < chunk_end; ++c) sum += p.chunk_counts[c * stride + e];
+      range_sums[tid] = sum;
+    }
+    __syncthreads();
+    if (walker) {
+      int running = 0;
+      for (int g = 0; g < group; ++g) running += range_sums[g * width + column];
+      for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+        const int count = p.chunk_counts[c * stride + e];
+        p.chunk_counts[c * stride + e] = running;
+        running += count;
+      }
+      if (group == groups - 1) column_totals[column] = running;
+    }
+    __syncthreads();
+
+    const int expert = first + tid;
+    const bool owner = tid < width && expert < p.num_local;
+    const int total = owner ? column_totals[tid] : 0;
+    if (p.batched) {
+      if (owner) {
+        p.expert_counts[expert] = total < p.capacity ? total : p.capacity;
+        p.expert_offsets[expert] = static_cast<int>(core::batched_first_row(expert, p.capacity));
+      }
+      overflow += total > p.capacity ? total - p.capacity : 0;
+    } else {
+      int pass_total = 0;
+      const int exclusive = block_exclusive_scan(total, warp_sums, pass_total);
+      if (owner) {
+        p.expert_counts[expert] = total;
+        p.expert_offsets[expert] = carry + exclusive;
+      }
+      carry += pass_total;
+    }
+    __syncthreads();  // range_sums, column_totals and warp_sums are reused by the next pass
+  }
+  if (tid == 0) {
+    p.expert_offsets[p.num_local] =
+        p.batched ? static_cast<int>(core::batched_first_row(p.num_local, p.capacity)) : carry;
+  }
+  overflow = warp_sum(overflow);
+  if (tid % kWarpSize == 0 && overflow > 0 && p.diagnostics != nullptr)
+    atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
+}
+
+__global__ void __launch_bounds__(kPlanThreads) plan_scatter_kernel(PlanParams p) {
+  extern __shared__ int scatter_shared[];
+  int* next_rank = scatter_shared;                 // [num_local]: rank of e's next slot
+  int* warp_count = scatter_shared + p.num_local;  // [kPlanWarps][num_local], 0 between tiles
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % kWarpSize;
+  const int warp = tid / kWarpSize;
+  const int width = p.num_local;
+  const int32_t* chunk_base = p.chunk_counts + blockIdx.x * static_cast<int64_t>(width);
+  for (int e = tid; e < width; e += kPlanThreads) next_rank[e] = chunk_base[e];
+  for (int i = tid; i < kPlanWarps * width; i += kPlanThreads) warp_count[i] = 0;
+  __syncthreads();
+
+  const int64_t valid = core::valid_tokens(p.tokens, p.num_valid_tokens);
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunkSlots;
+  const int64_t end = begin + kChunkSlots < p.slots ? begin + kChunkSlots : p.slots;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  for (int64_t tile = begin; tile < end; tile += kPlanThreads) {  // uniform over the block
+    const int64_t s = tile + tid;
+    const bool in_range = s < end;
+    const int e = in_range ? slot_expert(p, s, valid) : -1;
+    const unsigned peers = __match_any_sync(kFullMask, e);
+    const int rank_in_warp = __popc(peers & lanes_below);
+    const int count_in_warp = __popc(peers);
+    const bool leader = rank_in_warp == 0;
+    if (e >= 0 && leader) warp_count[warp * width + e] = count_in_warp;
+    __syncthreads();
+
+    int before = 0;         // e's slots before this warp's first one
+    bool last_warp = true;  // no later warp of the tile holds e
+    int32_t row = core::kNoRow;
+    if (e >= 0) {
+      before = next_rank[e];
+      for (int w = 0; w < warp; ++w) before += warp_count[w * width + e];
+      for (int w = warp + 1; w < kPlanWarps; ++w)
+        last_warp = last_warp && warp_count[w * width + e] == 0;
+      const int rank = before + rank_in_warp;
+      if (!p.batched) {
+        row = p.expert_offsets[e] + rank;
+      } else if (rank < p.capacity) {
+        row = static_cast<int32_t>(core::batched_first_row(e, p.capacity)) + rank;
+      }
+    }
+    if (in_range) p.slot_to_row[s] = row;
+    if (row != core::kNoRow) p.row_to_slot[row] = static_cast<int32_t>(s);
+    __syncthreads();  // every read of next_rank and warp_count for this tile is done
+
+    if (e >= 0 && leader) {
+      if (last_warp) next_rank[e] = before + count_in_warp;
+      warp_count[warp * width + e] = 0;
+    }
+    __syncwarp();  // the reset above precedes this warp's writes for the next tile
+  }
+}
+
+}  // namespace
+
+size_t plan_scratch_bytes(int64_t max_tokens, int64_t top_k, int64_t num_local_experts,
+                          int /*device_index*/) {
+  return static_cast<size_t>(num_chunks(max_tokens * top_k) * num_local_experts) * sizeof(int32_t);
+}
+
+void plan(const PlanArgs& args, void* stream) {
+  const char* where = "plan";
+  // Shapes, the expert range, capacity and scratch size were checked by the public entry point.
+  PlanParams p{};
+  p.topk_ids = args.topk_ids.ptr<const int32_t>();
+  p.tokens = args.topk_ids.size(0);
+  p.top_k = args.topk_ids.size(1);
+  p.slots = p.tokens * p.top_k;
+  p.chunks = num_chunks(p.slots);
+  p.num_experts = args.num_experts;
+  p.expert_begin = args.expert_begin;
+  p.expert_end = args.expert_end < 0 ? args.num_experts : args.expert_end;
+  p.num_local = static_cast<int>(p.expert_end - p.expert_begin);
+  p.batched = args.layout == Layout::batched;
+  p.capacity = p.batched ? static_cast<int>(args.capacity) : 0;
+  p.rows = args.row_to_slot.size(0);
+  p.num_valid_tokens = args.num_valid_tokens;
+  p.diagnostics = args.diagnostics;
+  p.chunk_counts = static_cast<int32_t*>(args.scratch);
+  p.expert_counts = args.expert_counts.ptr<int32_t>();
+  p.expert_offsets = args.expert_offsets.ptr<int32_t>();
+  p.slot_to_row = args.slot_to_row.ptr<int32_t>();
+  p.row_to_slot = args.row_to_slot.ptr<int32_t>();
+  if (p.chunks > 0 && p.num_local > 0)
+    check_pointer_alignment(where, "scratch", args.scratch, alignof(int32_t));
+
+  const std::string what = "expert_counts: a plan over " + std::to_string(p.num_local) +
+                           " local experts (a count table per warp)";
+  const size_t count_shared = static_cast<size_t>(p.num_local) * sizeof(int);
+  const size_t scatter_shared = (kPlanWarps + 1) * count_shared;
+  reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_count_kernel), count_shared,
+                                where, what.c_str());
+  reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_scatter_kernel), scatter_shared,
+                                where, what.c_str());
+
+  const cudaStream_t cuda_stream = as_cuda_stream(stream);
+  const int64_t fill_blocks = num_chunks(p.rows) < 1024 ? num_chunks(p.rows) : 1024;
+  const int64_t count_blocks = p.chunks > fill_blocks ? p.chunks : fill_blocks;
+  if (count_blocks > 0) {
+    plan_count_kernel<<<static_cast<unsigned>(count_blocks), kPlanThreads, count_shared,
+                        cuda_stream>>>(p);
+    IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
+  }
+  plan_scan_kernel<<<1, kScanThreads, 0, cuda_stream>>>(p);
+  IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
+  if (p.chunks > 0) {
+    plan_scatter_kernel<<<static_cast<unsigned>(p.chunks), kPlanThreads, scatter_shared,
+                          cuda_stream>>>(p);
+    IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
+  }
+}
+
+}  // namespace ironmoe::cuda

@@ -1,0 +1,394 @@
+// Stage 1 on CUDA: router logits -> k experts and weights per token, one warp per token.
+//
+// Selection follows core/routing_rules.h exactly (core::ranks_before: larger key first, NaN as
+// -inf, ties to the lower index), so the ids match the CPU backend bit for bit and come out in
+// rank order. Lane l holds experts l, l+32, l+64, ...; two ways to find the row's k best, chosen
+// on the host by E alone (never by T):
+//   E <= 1024 (route_topk_kernel): the lane keeps its keys in registers; k rounds of "each lane
+//     proposes its best untaken expert, a warp-wide arg-best picks the winner, its owner marks
+//     it taken". Round j yields the j-th best expert.
+//   E > 1024 (route_topk_long_kernel): each lane keeps its own core::TopK (experts offered in
+//     increasing order, as TopK requires; any expert of the row's top k is in its lane's top k)
+//     and k rounds of a warp-wide arg-best over the lists' heads merge the 32 lists.
+// grouped_topk also stages the selection keys in shared memory, scores the groups there (one lane
+// per group) and marks the topk_groups best; experts of other groups are not candidates.
+// Weights: core::softmax_prob / sigmoid_weight of the selected logits, then core::finalize_weights,
+// computed identically by every lane. Softmax statistics use warp reductions, so weights may
+// differ from the CPU's sequential sums in the last bits; ids do not. Rows >= *num_valid_tokens
+// (read on the device) get ids -1 and weights 0; rows without a usable logit get experts 0..k-1.
+// Diagnostics: one atomicAdd per row with non-finite logits (counting only).
+#include <climits>
+#include <string>
+
+#include "core/check.h"
+#include "core/plan_math.h"
+#include "core/routing_rules.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+#include "cuda/storage.cuh"
+
+namespace ironmoe::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = 4;
+constexpr int kRouteThreads = kWarpsPerBlock * kWarpSize;
+constexpr unsigned kFullMask = 0xffffffffu;
+// route_topk_kernel holds up to this many keys per lane in registers (E <= 32 * 32).
+constexpr int kMaxKeysPerLane = 32;
+
+struct RouteParams {
+  const void* logits;
+  int64_t row_stride;  // elements
+  int64_t tokens;
+  int num_experts;
+  int top_k;
+  RoutingKind kind;
+  bool renormalize;
+  float scaling;
+  int num_groups;     // grouped_topk
+  int topk_groups;    // grouped_topk
+  const float* bias;  // grouped_topk, may be null (zeros)
+  const int32_t* num_valid_tokens;
+  int32_t* diagnostics;
+  int32_t* topk_ids;
+  float* topk_weights;
+};
+
+// Shared memory one warp uses for grouped_topk: E selection keys, then per group its score and
+// whether it is kept.
+IRONMOE_HD size_t grouped_shared_floats(int num_experts, int num_groups) {
+  return static_cast<size_t>(num_experts) + 2 * static_cast<size_t>(num_groups);
+}
+
+// Every lane ends with the best (key, index) among the lanes' candidates. Keys are rank keys
+// (never NaN), so ranks_before is a total order and both partners of each exchange agree.
+__device__ __forceinline__ void warp_best(float& key, int& index) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const float other_key = __shfl_xor_sync(kFullMask, key, offset);
+    const int other_index = __shfl_xor_sync(kFullMask, index, offset);
+    if (core::ranks_before(other_key, other_index, key, index)) {
+      key = other_key;
+      index = other_index;
+    }
+  }
+}
+
+// Merges the lanes' rank-ordered lists; lane j < k returns the j-th best expert of the warp.
+__device__ int merge_lane_lists(const core::TopK& local, int k, int lane) {
+  int head = 0;
+  int mine = -1;
+  for (int j = 0; j < k; ++j) {
+    const bool has = head < local.count;
+    float key = has ? local.keys[head] : core::kNegInf;
+    int index = has ? local.ids[head] : INT_MAX;  // an exhausted lane ranks after every expert
+    warp_best(key, index);
+    if (has && local.ids[head] == index) ++head;
+    if (lane == j) mine = index;
+  }
+  return mine;
+}
+
+__device__ float warp_sum(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+__device__ int warp_sum(int v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+__device__ float warp_max(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+// grouped_topk: scores the groups from the keys in shared memory and marks the topk_groups best
+// (a group is kept when fewer than topk_groups groups rank before it).
+__device__ void mark_best_groups(const float* keys, float* group_scores, float* group_kept,
+                                 int num_groups, int group_size, int topk_groups, int lane) {
+  for (int g = lane; g < num_groups; g += kWarpSize) {
+    core::TopK top2(group_size >= 2 ? 2 : 1);
+    for (int e = g * group_size; e < (g + 1) * group_size; ++e) top2.offer(keys[e], e);
+    group_scores[g] = core::group_score(top2.keys[0], top2.keys[top2.count - 1], group_size);
+  }
+  __syncwarp();
+  for (int g = lane; g < num_groups; g += kWarpSize) {
+    int ahead = 0;
+    for (int h = 0; h < num_groups; ++h)
+      ahead += core::ranks_before(group_scores[h], h, group_scores[g], g) ? 1 : 0;
+    group_kept[g] = ahead < topk_groups ? 1.0f : 0.0f;
+  }
+  __syncwarp();
+}
+
+// What pass 1 learns about a row besides the keys.
+struct RowScan {
+  core::SoftmaxStats stats;  // partial per lane until reduced
+  int non_finite = 0;
+  bool usable = false;
+
+  __device__ void add(float v) {
+    non_finite += isfinite(v) ? 0 : 1;
+    usable = usable || core::is_usable_logit(v);
+    stats.max = fmaxf(stats.max, core::rank_key(v));
+    stats.num_pos_inf += v == INFINITY ? 1 : 0;
+  }
+};
+
+__device__ __forceinline__ float selection_key(const RouteParams& p, float v, int e) {
+  if (p.kind != RoutingKind::grouped_topk) return core::rank_key(v);
+  return core::grouped_selection_key(v, p.bias != nullptr ? p.bias[e] : 0.0f);
+}
+
+// Padding rows (token >= *num_valid_tokens): ids -1, weights 0. Returns whether the row is one.
+__device__ bool write_if_padding(const RouteParams& p, int64_t token, int lane) {
+  if (token < core::valid_tokens(p.tokens, p.num_valid_tokens)) return false;
+  if (lane < p.top_k) {
+    p.topk_ids[token * p.top_k + lane] = -1;
+    p.topk_weights[token * p.top_k + lane] = 0.0f;
+  }
+  return true;
+}
+
+// Counts the row's non-finite logits and writes a degenerate row (no usable logit: experts
+// 0..k-1, uniform weights). Returns whether the row still needs a selection.
+__device__ bool count_and_check_usable(const RouteParams& p, int64_t token, RowScan& scan,
+                                       int lane) {
+  const int non_finite = warp_sum(scan.non_finite);
+  if (lane == 0 && non_finite > 0 && p.diagnostics != nullptr)
+    atomicAdd(p.diagnostics + kDiagNonFiniteLogit, non_finite);
+  if (__any_sync(kFullMask, scan.usable)) return true;
+  float weights[core::kMaxTopK];
+  core::finalize_weights(weights, p.top_k, true, p.renormalize, p.scaling);
+  if (lane < p.top_k) {
+    p.topk_ids[token * p.top_k + lane] = lane;
+    p.topk_weights[token * p.top_k + lane] = weights[lane];
+  }
+  return false;
+}
+
+// Softmax statistics of the row: the lanes' partial max and +inf counts reduced, then the sum of
+// exp(v - max) over finite logits, lane_sum(max) giving each lane's share.
+template <class LaneSum>
+__device__ core::SoftmaxStats reduce_softmax_stats(core::SoftmaxStats stats, LaneSum lane_sum) {
+  stats.max = warp_max(stats.max);
+  stats.num_pos_inf = warp_sum(stats.num_pos_inf);
+  stats.sum = stats.num_pos_inf == 0 ? warp_sum(lane_sum(stats.max)) : 0.0f;
+  return stats;
+}
+
+// Lane j < k holds the j-th selected expert: weights from its logit, finalised as on the CPU.
+template <class T>
+__device__ void write_selection(const RouteParams& p, const T* row, const core::SoftmaxStats& stats,
+                                int64_t token, int selected, int lane) {
+  const int k = p.top_k;
+  float mine = 0.0f;
+  if (lane < k) {
+    const float v = to_float(row[selected]);
+    mine = p.kind == RoutingKind::softmax_topk ? core::softmax_prob(v, stats)
+                                               : core::sigmoid_weight(v);
+  }
+  float raw[core::kMaxTopK];
+  for (int j = 0; j < k; ++j) raw[j] = __shfl_sync(kFullMask, mine, j);
+  core::finalize_weights(raw, k, false, p.renormalize, p.scaling);
+  if (lane < k) {
+    p.topk_ids[token * k + lane] = selected;
+    p.topk_weights[token * k + lane] = raw[lane];
+  }
+}
+
+// grouped_topk: the kept-group test for expert e, from the flags mark_best_groups wrote.
+struct GroupFilter {
+  const float* kept;
+  int group_size;
+  __device__ bool keeps(int e) const { return kept[e / group_size] != 0.0f; }
+};
+
+// Scores the groups of a row whose keys are staged in `keys` (shared memory).
+__device__ GroupFilter filter_groups(const RouteParams& p, float* keys, int lane) {
+  __syncwarp();
+  const int group_size = p.num_experts / p.num_groups;
+  float* group_scores = keys + p.num_experts;
+  float* group_kept = group_scores + p.num_groups;
+  mark_best_groups(keys, group_scores, group_kept, p.num_groups, group_size, p.topk_groups, lane);
+  return {group_kept, group_size};
+}
+
+template <class T, int kKeysPerLane>
+__global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p) {
+  extern __shared__ float shared[];  // grouped_topk: keys and group scores, per warp
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  if (token >= p.tokens || write_if_padding(p, token, lane)) return;  // whole warp
+  const T* row = static_cast<const T*>(p.logits) + token * p.row_stride;
+  const bool grouped = p.kind == RoutingKind::grouped_topk;
+  float* staged =
+      shared + static_cast<size_t>(warp) * grouped_shared_floats(p.num_experts, p.num_groups);
+
+  float key[kKeysPerLane];
+  unsigned taken = 0;  // bit i: expert lane + 32 i is not (or no longer) a candidate
+  RowScan scan;
+#pragma unroll
+  for (int i = 0; i < kKeysPerLane; ++i) {
+    const int e = lane + kWarpSize * i;
+    key[i] = core::kNegInf;
+    if (e < p.num_experts) {
+      const float v = to_float(row[e]);
+      scan.add(v);
+      key[i] = selection_key(p, v, e);
+      if (grouped) staged[e] = key[i];
+    } else {
+      taken |= 1u << i;
+    }
+  }
+  if (!count_and_check_usable(p, token, scan, lane)) return;
+  if (grouped) {
+    const GroupFilter groups = filter_groups(p, staged, lane);
+#pragma unroll
+    for (int i = 0; i < kKeysPerLane; ++i) {
+      const int e = lane + kWarpSize * i;
+      if (e < p.num_experts && !groups.keeps(e)) taken |= 1u << i;
+    }
+  }
+
+  int selected = -1;
+  for (int j = 0; j < p.top_k; ++j) {
+    float best_key = core::kNegInf;
+    int best = INT_MAX;  // no candidate: ranks after every expert
+#pragma unroll
+    for (int i = 0; i < kKeysPerLane; ++i) {
+      const int e = lane + kWarpSize * i;
+      if (!((taken >> i) & 1u) && core::ranks_before(key[i], e, best_key, best)) {
+        best_key = key[i];
+        best = e;
+      }
+    }
+    warp_best(best_key, best);
+    if (best % kWarpSize == lane) taken |= 1u << (best / kWarpSize);
+    if (lane == j) selected = best;
+  }
+
+  core::SoftmaxStats stats;
+  if (p.kind == RoutingKind::softmax_topk) {
+    stats = reduce_softmax_stats(scan.stats, [&](float max) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kKeysPerLane; ++i)
+        if (isfinite(key[i])) sum += expf(key[i] - max);  // softmax keys are the logits
+      return sum;
+    });
+  }
+  write_selection(p, row, stats, token, selected, lane);
+}
+
+// E > kMaxKeysPerLane * 32: per-lane core::TopK lists merged across the warp.
+template <class T>
+__global__ void __launch_bounds__(kRouteThreads) route_topk_long_kernel(RouteParams p) {
+  extern __shared__ float shared[];
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  if (token >= p.tokens || write_if_padding(p, token, lane)) return;  // whole warp
+  const T* row = static_cast<const T*>(p.logits) + token * p.row_stride;
+  const bool grouped = p.kind == RoutingKind::grouped_topk;
+  float* staged =
+      shared + static_cast<size_t>(warp) * grouped_shared_floats(p.num_experts, p.num_groups);
+
+  core::TopK local(p.top_k);
+  RowScan scan;
+  for (int e = lane; e < p.num_experts; e += kWarpSize) {
+    const float v = to_float(row[e]);
+    scan.add(v);
+    if (grouped) {
+      staged[e] = selection_key(p, v, e);
+    } else {
+      local.offer(core::rank_key(v), e);
+    }
+  }
+  if (!count_and_check_usable(p, token, scan, lane)) return;
+  if (grouped) {
+    const GroupFilter groups = filter_groups(p, staged, lane);
+    for (int e = lane; e < p.num_experts; e += kWarpSize)
+      if (groups.keeps(e)) local.offer(staged[e], e);
+  }
+  const int selected = merge_lane_lists(local, p.top_k, lane);
+
+  core::SoftmaxStats stats;
+  if (p.kind == RoutingKind::softmax_topk) {
+    stats = reduce_softmax_stats(scan.stats, [&](float max) {
+      float sum = 0.0f;
+      for (int e = lane; e < p.num_experts; e += kWarpSize) {
+        const float v = to_float(row[e]);
+        if (isfinite(v)) sum += expf(v - max);
+      }
+      return sum;
+    });
+  }
+  write_selection(p, row, stats, token, selected, lane);
+}
+
+template <class T>
+void launch_route(const RouteParams& p, unsigned blocks, size_t shared_bytes, cudaStream_t stream,
+                  const char* where, const std::string& what) {
+  void (*kernel)(RouteParams) = route_topk_long_kernel<T>;
+  if (p.num_experts <= 4 * kWarpSize) {
+    kernel = route_topk_kernel<T, 4>;
+  } else if (p.num_experts <= 16 * kWarpSize) {
+    kernel = route_topk_kernel<T, 16>;
+  } else if (p.num_experts <= kMaxKeysPerLane * kWarpSize) {
+    kernel = route_topk_kernel<T, kMaxKeysPerLane>;
+  }
+  reserve_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes, where,
+                                what.c_str());
+  kernel<<<blocks, kRouteThreads, shared_bytes, stream>>>(p);
+  IRONMOE_CUDA_CHECK_LAUNCH(stream);
+}
+
+}  // namespace
+
+void route(const RoutingConfig& routing, const RouteArgs& args, void* stream) {
+  const char* where = "route";
+  const int64_t tokens = args.logits.size(0);
+  const int64_t num_experts = args.logits.size(1);
+  const int64_t top_k = args.topk_ids.size(1);
+  // The public entry point has checked shapes, dtypes and k <= min(E, kMaxTopK); warp lanes
+  // hold one selected expert each, which kMaxTopK == 32 guarantees.
+  static_assert(core::kMaxTopK <= kWarpSize, "one lane per selected expert");
+  if (tokens == 0) return;
+
+  RouteParams p{};
+  p.logits = args.logits.data;
+  p.row_stride = args.logits.strides[0];
+  p.tokens = tokens;
+  p.num_experts = static_cast<int>(num_experts);
+  p.top_k = static_cast<int>(top_k);
+  p.kind = routing.kind;
+  p.renormalize = routing.renormalize;
+  p.scaling = routing.routed_scaling_factor;
+  p.num_groups = static_cast<int>(routing.num_groups);
+  p.topk_groups = static_cast<int>(routing.topk_groups);
+  p.bias = args.correction_bias.defined() ? args.correction_bias.ptr<const float>() : nullptr;
+  p.num_valid_tokens = args.num_valid_tokens;
+  p.diagnostics = args.diagnostics;
+  p.topk_ids = args.topk_ids.ptr<int32_t>();
+  p.topk_weights = args.topk_weights.ptr<float>();
+
+  size_t shared_bytes = 0;
+  if (routing.kind == RoutingKind::grouped_topk) {
+    shared_bytes =
+        kWarpsPerBlock * grouped_shared_floats(p.num_experts, p.num_groups) * sizeof(float);
+  }
+  const std::string what = "logits: grouped_topk over E = " + std::to_string(num_experts) +
+                           " experts (their keys and group scores, per warp)";
+  const auto blocks = static_cast<unsigned>((tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const cudaStream_t cuda_stream = as_cuda_stream(stream);
+  dispatch_float_dtype(where, args.logits.dtype, [&](auto element) {
+    launch_route<decltype(element)>(p, blocks, shared_bytes, cuda_stream, where, what);
+  });
+}
+
+}  // namespace ironmoe::cuda
