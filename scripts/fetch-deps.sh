@@ -21,7 +21,7 @@ if [ ! -f googletest/CMakeLists.txt ]; then
 fi
 
 cutlass_version=4.2.0.0
-if [ ! -f cutlass/include/cutlass/cutlass.h ] && command -v nvcc >/dev/null 2>&1; then
+if [ ! -f cutlass/include/cutlass/cutlass.h ] && { command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; }; then
   tmp=$(mktemp -d)
   python3 -m pip download -q --no-deps "nvidia-cutlass==${cutlass_version}" -d "$tmp"
   python3 -m zipfile -e "$tmp"/nvidia_cutlass-*.whl "$tmp/x"

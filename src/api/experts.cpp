@@ -1,0 +1,76 @@
+// ironmoe::experts and expert_scratch_bytes: validate on the host, then run the stream's backend.
+#include "ironmoe/experts.h"
+
+#include "api/validate.h"
+#include "cpu/cpu_backend.h"
+#include "cuda/cuda_backend.h"
+
+namespace ironmoe {
+
+size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermediate,
+                            int64_t num_local_experts, DType dtype, Device device) {
+  const char* where = "expert_scratch_bytes";
+  IRONMOE_CHECK(max_rows >= 0, where, "max_rows: expected >= 0, got ", max_rows);
+  IRONMOE_CHECK(hidden >= 1, where, "hidden: expected >= 1, got ", hidden);
+  IRONMOE_CHECK(intermediate >= 1, where, "intermediate: expected >= 1, got ", intermediate);
+  IRONMOE_CHECK(num_local_experts >= 0, where, "num_local_experts: expected >= 0, got ",
+                num_local_experts);
+  api::check_float_dtype(where, "dtype", dtype, device);
+  if (device.is_cpu()) return 0;  // the CPU stage keeps its fp32 tiles on the stack
+  return cuda::expert_scratch_bytes(max_rows, hidden, intermediate, num_local_experts, dtype,
+                                    device.index);
+}
+
+void experts(const ExpertArgs& args, const Stream& stream) {
+  const char* where = "experts";
+  api::check_stream(where, stream);
+  const Device device = stream.device;
+
+  IRONMOE_CHECK(api::present(args.permuted_in), where, "permuted_in: expected an [R, H] tensor, ",
+                "got none");
+  const DType dtype = args.permuted_in.dtype;
+  api::check_float_dtype(where, "permuted_in", dtype, device);
+  check_tensor(where, "permuted_in", args.permuted_in, {dtype, {-1, -1}}, device);
+  const int64_t rows = args.permuted_in.size(0);
+  const int64_t hidden = args.permuted_in.size(1);
+  IRONMOE_CHECK(rows <= api::kMaxIndex, where, "permuted_in: expected at most ", api::kMaxIndex,
+                " rows, got ", rows);
+  IRONMOE_CHECK(hidden >= 1, where, "permuted_in: expected H >= 1 columns, got ", hidden);
+
+  IRONMOE_CHECK(api::present(args.w13), where, "w13: expected an [E_local, 2I, H] tensor, ",
+                "got none");
+  check_tensor(where, "w13", args.w13, {dtype, {-1, -1, hidden}}, device);
+  const int64_t local_experts = args.w13.size(0);
+  const int64_t gate_up = args.w13.size(1);
+  IRONMOE_CHECK(gate_up >= 2 && gate_up % 2 == 0, where, "w13: expected an even number 2I >= 2 ",
+                "of rows per expert (gate then up), got ", gate_up);
+  const int64_t intermediate = gate_up / 2;
+  check_tensor(where, "w2", args.w2, {dtype, {local_experts, hidden, intermediate}}, device);
+
+  const bool offsets_ok = args.expert_offsets.ndim == 1 &&
+                          (args.expert_offsets.size(0) == local_experts ||
+                           args.expert_offsets.size(0) == local_experts + 1);
+  IRONMOE_CHECK(offsets_ok, where, "expert_offsets: expected shape [", local_experts, "] or [",
+                local_experts + 1, "] (E_local of w13), got ", args.expert_offsets.shape_string());
+  check_tensor(where, "expert_offsets", args.expert_offsets,
+               {DType::i32, {args.expert_offsets.size(0)}}, device);
+  check_tensor(where, "expert_counts", args.expert_counts, {DType::i32, {local_experts}}, device);
+
+  IRONMOE_CHECK(args.activation == Activation::silu_and_mul ||
+                    args.activation == Activation::gelu_and_mul,
+                where, "activation: expected silu_and_mul or gelu_and_mul, got ",
+                static_cast<int>(args.activation));
+  check_tensor(where, "intermediate", args.intermediate, {dtype, {rows, intermediate}}, device);
+  check_tensor(where, "permuted_out", args.permuted_out, {dtype, {rows, hidden}}, device);
+  api::check_scratch(where, args.scratch, args.scratch_bytes,
+                     expert_scratch_bytes(rows, hidden, intermediate, local_experts, dtype,
+                                          device));
+
+  if (device.is_cpu()) {
+    cpu::experts(args, stream.threads);
+  } else {
+    cuda::experts(args, stream.cuda_stream);
+  }
+}
+
+}  // namespace ironmoe

@@ -1,0 +1,87 @@
+#pragma once
+// Host-side checks shared by the public entry points (src/api). Each throws ironmoe::Error naming
+// the entry point, the argument, what was expected and what was given.
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "core/check.h"
+#include "core/routing_rules.h"
+#include "ironmoe/config.h"
+#include "ironmoe/stream.h"
+#include "ironmoe/tensor.h"
+
+namespace ironmoe::api {
+
+// Index maps (ids, slots, rows) are int32, so every count of slots or rows must fit one.
+inline constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
+
+// "cpu" or "cuda:1".
+inline std::string device_string(Device device) {
+  std::ostringstream text;
+  text << device_name(device.type);
+  if (device.is_cuda()) text << ':' << device.index;
+  return text.str();
+}
+
+// An argument counts as given when it has data or a shape: an empty tensor (T = 0) may come
+// with a null pointer, a default-constructed view is "absent".
+inline bool present(const TensorView& tensor) { return tensor.data != nullptr || tensor.ndim > 0; }
+
+// The stream names a device this build can run on.
+inline void check_stream(const char* where, const Stream& stream) {
+  IRONMOE_CHECK(stream.device.is_cpu() || stream.device.is_cuda(), where,
+                "stream: expected a cpu or cuda device");
+  IRONMOE_CHECK(stream.device.is_cpu() || stream.device.index >= 0, where,
+                "stream: expected a cuda device index >= 0, got ", stream.device.index);
+  IRONMOE_CHECK(stream.device.is_cpu() || cuda_compiled(), where,
+                "stream: a cuda device was given but this build of ironmoe has no CUDA backend");
+}
+
+// Storage dtypes (x, weights, activations, out) and router logits: f32 and bf16 everywhere, f16
+// on CUDA only.
+inline void check_float_dtype(const char* where, const char* name, DType dtype, Device device) {
+  const bool ok = dtype == DType::f32 || dtype == DType::bf16 ||
+                  (dtype == DType::f16 && device.is_cuda());
+  IRONMOE_CHECK(ok, where, name, ": expected dtype ",
+                device.is_cuda() ? "f32, bf16 or f16" : "f32 or bf16 (f16 is CUDA only)", " on ",
+                device_name(device.type), ", got ", dtype_name(dtype));
+}
+
+inline void check_top_k(const char* where, const char* name, int64_t top_k) {
+  IRONMOE_CHECK(top_k >= 1 && top_k <= core::kMaxTopK, where, name, ": expected top_k in [1, ",
+                core::kMaxTopK, "], got ", top_k);
+}
+
+// Resolves expert_end = -1 to num_experts and checks 0 <= begin <= end <= num_experts (an empty
+// range is an expert-parallel shard without experts).
+inline int64_t check_expert_range(const char* where, int64_t num_experts, int64_t expert_begin,
+                                  int64_t expert_end) {
+  IRONMOE_CHECK(num_experts >= 1 && num_experts <= kMaxIndex, where,
+                "num_experts: expected a value in [1, ", kMaxIndex, "], got ", num_experts);
+  IRONMOE_CHECK(expert_end >= -1 && expert_end <= num_experts, where,
+                "expert_end: expected -1 (all) or a value in [0, ", num_experts, "], got ",
+                expert_end);
+  const int64_t end = expert_end < 0 ? num_experts : expert_end;
+  IRONMOE_CHECK(expert_begin >= 0 && expert_begin <= end, where,
+                "expert_begin: expected a value in [0, ", end, "] (expert_end), got ",
+                expert_begin);
+  return end;
+}
+
+// Scratch the device backend asked for: enough bytes, and a pointer when any are needed.
+inline void check_scratch(const char* where, const void* scratch, size_t scratch_bytes,
+                          size_t required) {
+  IRONMOE_CHECK(scratch_bytes >= required, where, "scratch_bytes: expected at least ", required,
+                " bytes, got ", scratch_bytes);
+  IRONMOE_CHECK(required == 0 || scratch != nullptr, where, "scratch: expected a buffer of ",
+                required, " bytes, got a null pointer");
+}
+
+// Routing parameters against the number of experts and k (also used by MoeConfig::validate).
+void check_routing(const char* where, const RoutingConfig& routing, int64_t num_experts,
+                   int64_t top_k);
+
+}  // namespace ironmoe::api

@@ -1,0 +1,29 @@
+#pragma once
+// Small helpers every CPU stage uses: run over a range on the caller's pool (or inline), and add
+// to the optional diagnostics counters.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+
+#include "ironmoe/stream.h"
+
+namespace ironmoe::cpu {
+
+// body(begin, end) over [0, n): on `threads` when given, else on the calling thread.
+inline void parallel_for(ThreadPool* threads, int64_t n,
+                         const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  if (threads == nullptr) {
+    body(0, n);
+  } else {
+    threads->parallel_for(n, body);
+  }
+}
+
+// Counting is the only shared write of the CPU stages, hence the atomic (no result depends on it).
+inline void add_diagnostic(int32_t* diagnostics, DiagnosticCounter counter, int32_t count) {
+  if (diagnostics == nullptr || count == 0) return;
+  std::atomic_ref<int32_t>(diagnostics[counter]).fetch_add(count, std::memory_order_relaxed);
+}
+
+}  // namespace ironmoe::cpu

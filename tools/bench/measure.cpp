@@ -1,0 +1,106 @@
+#include "bench/measure.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "bench/accuracy.h"
+#include "ironmoe/layer.h"
+#include "ironmoe/route.h"
+
+namespace ironmoe::tools {
+namespace {
+
+struct Routing {
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+};
+
+// The routing the layer computes internally, obtained by the public route() on the same logits
+// (the layer keeps its own copy in the workspace, whose layout is private).
+Routing route_separately(const Problem& problem, const MoeConfig& config, int64_t tokens,
+                         Executor& executor) {
+  const int64_t k = config.top_k;
+  const Device device = executor.device();
+  DeviceBuffer ids(device, static_cast<size_t>(tokens * k) * sizeof(int32_t));
+  DeviceBuffer weights(device, static_cast<size_t>(tokens * k) * sizeof(float));
+  RouteArgs args;
+  args.logits = problem.logits.view(DType::f32, {tokens, config.num_experts});
+  if (config.routing.kind == RoutingKind::grouped_topk) {
+    args.correction_bias = problem.bias.view(DType::f32, {config.num_experts});
+  }
+  args.topk_ids = ids.view(DType::i32, {tokens, k});
+  args.topk_weights = weights.view(DType::f32, {tokens, k});
+  route(config.routing, args, executor.stream());
+  synchronize(device);
+  const auto count = static_cast<size_t>(tokens * k);
+  return {ids.download_vector<int32_t>(count), weights.download_vector<float>(count)};
+}
+
+}  // namespace
+
+BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings& settings,
+                     const MachinePeak& peak, Executor& executor, CacheFlusher* flusher) {
+  const Device device = executor.device();
+  MoeConfig config = problem.shape.config;
+  config.max_tokens = tokens;
+  config.dtype = problem.dtype;
+  const Layer layer(config, device);
+  const int64_t hidden = config.hidden;
+  const int64_t experts = config.num_experts;
+
+  BenchRow row;
+  row.shape = problem.shape.name;
+  row.tokens = tokens;
+  row.workspace_bytes = layer.workspace_bytes();
+
+  DeviceBuffer workspace(device, row.workspace_bytes);
+  DeviceBuffer out(device, static_cast<size_t>(tokens * hidden) * dtype_size(problem.dtype));
+  Inputs inputs;
+  inputs.x = problem.x.view(problem.dtype, {tokens, hidden});
+  inputs.router_logits = problem.logits.view(DType::f32, {tokens, experts});
+  if (config.routing.kind == RoutingKind::grouped_topk) {
+    inputs.correction_bias = problem.bias.view(DType::f32, {experts});
+  }
+  Weights weights;
+  weights.w13 = problem.w13.view(problem.dtype, {experts, 2 * config.intermediate, hidden});
+  weights.w2 = problem.w2.view(problem.dtype, {experts, hidden, config.intermediate});
+  Outputs outputs;
+  outputs.out = out.view(problem.dtype, {tokens, hidden});
+  const Workspace ws{workspace.data(), workspace.bytes()};
+  const Stream stream = executor.stream();
+  const auto forward = [&] { layer.forward(inputs, weights, outputs, ws, stream); };
+
+  if (device.is_cuda()) {
+    row.timing = time_cuda_graph(forward, executor.cuda_stream(), settings.iters);
+  } else {
+    std::function<void()> before;
+    if (flusher != nullptr) before = [flusher] { flusher->flush(); };
+    row.timing = time_cpu(forward, settings.iters, before);
+  }
+  synchronize(device);
+
+  const Routing routing = route_separately(problem, config, tokens, executor);
+  std::vector<bool> used(static_cast<size_t>(experts), false);
+  for (int32_t id : routing.ids) {
+    if (id < 0 || id >= experts) continue;
+    used[static_cast<size_t>(id)] = true;
+    ++row.valid_slots;
+  }
+  row.experts_used = std::count(used.begin(), used.end(), true);
+
+  const auto elem = static_cast<double>(dtype_size(problem.dtype));
+  const auto expert_elements = static_cast<double>(expert_weight_elements(config));
+  const auto activation_bytes = static_cast<double>(tokens * hidden) * elem * 2.0 +
+                                static_cast<double>(tokens * experts) * sizeof(float);
+  row.bytes = static_cast<double>(row.experts_used) * expert_elements * elem + activation_bytes;
+  row.flops = 2.0 * static_cast<double>(row.valid_slots) * expert_elements;
+  row.floor_s = std::max(row.bytes / peak.bandwidth_bytes_per_s, row.flops / peak.gemm_flops_per_s);
+
+  if (settings.check_tokens > 0) {
+    row.max_rel_error = sampled_layer_error(problem, routing.ids, routing.weights, out,
+                                            sample_tokens(tokens, settings.check_tokens));
+  }
+  return row;
+}
+
+}  // namespace ironmoe::tools

@@ -1,0 +1,37 @@
+#pragma once
+// One row of the benchmark: the layer for one shape at one token count, timed, checked against
+// the reference and set against the measured floor.
+#include <cstdint>
+#include <string>
+
+#include "bench/peak.h"
+#include "bench/problem.h"
+#include "bench/timing.h"
+#include "common/device_memory.h"
+
+namespace ironmoe::tools {
+
+struct BenchSettings {
+  int iters = 0;            // 0: the timer's default for the device
+  int check_tokens = 3;     // tokens compared with the reference per row (0: no check)
+  bool flush_cache = true;  // CPU: evict the last-level cache before each timed call
+};
+
+struct BenchRow {
+  std::string shape;
+  int64_t tokens = 0;
+  std::string skipped;       // why the row was not run; empty when it was
+  int64_t experts_used = 0;  // distinct experts the routing selected
+  int64_t valid_slots = 0;   // (token, choice) pairs with an expert, i.e. computed
+  Timing timing;
+  double bytes = 0.0;  // selected experts' weights + x, logits, out
+  double flops = 0.0;  // 2 * valid_slots * 3 * H * I
+  double floor_s = 0.0;
+  double max_rel_error = -1.0;  // < 0: not checked
+  size_t workspace_bytes = 0;
+};
+
+BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings& settings,
+                     const MachinePeak& peak, Executor& executor, CacheFlusher* flusher);
+
+}  // namespace ironmoe::tools
