@@ -1,10 +1,12 @@
 // CPU expert MLPs. Work is split into items (local expert, row block, column block); each item
-// widens its slice of rows and weights to fp32 tiles on the stack and multiplies them with a
-// register-blocked micro kernel the compiler vectorises across output columns.
+// widens its rows and weight rows to fp32 tiles on the stack, one depth block at a time, and
+// multiplies them with a register-blocked micro kernel the compiler vectorises.
 //
-// Determinism: every output element is one fp32 sum over K in increasing k order, whatever the
-// tile it falls in, the number of rows its expert has or the thread that runs it, so results do
-// not depend on the thread count or on the other tokens of the batch.
+// Numerics: every output element is a dot product over K kept in kLanes fp32 partial sums (lane
+// l adds the products of k = l, l + kLanes, ... in increasing k), combined at the end by one
+// fixed tree (reduce_lanes). That order does not depend on the tile an element falls in, the
+// number of rows its expert has or the thread that runs it, so results are the same for every
+// thread count and every batch a token shares.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,15 +20,24 @@
 namespace ironmoe::cpu {
 namespace {
 
-constexpr int kMicroRows = 2;       // token rows of a micro tile (register block)
-constexpr int kMicroCols = 4;       // weight rows of a micro tile
-constexpr int kLanes = 8;           // partial sums per dot product (the vector width)
-constexpr int64_t kRowBlock = 32;   // rows of one work item
-constexpr int64_t kColBlock = 64;   // weight rows (output columns) of one work item
+constexpr int kLanes = 8;             // partial sums per dot product (one AVX / two SSE vectors)
+constexpr int kMicroRows = 2;         // token rows of a micro tile (register block)
+constexpr int kMicroCols = 4;         // weight rows of a micro tile
+constexpr int64_t kRowBlock = 32;     // token rows of one work item
+constexpr int64_t kColBlock = 32;     // weight rows (output columns) of one work item
+constexpr int64_t kDepthBlock = 256;  // K per fp32 tile
 // GEMM1 computes gate and up rows of the same intermediate columns side by side.
 constexpr int64_t kGateUpCols = kColBlock / 2;
 
 static_assert(kGateUpCols % kMicroCols == 0);
+static_assert(kDepthBlock % kLanes == 0, "lane l must keep meaning k = l mod kLanes");
+
+// The fp32 working set of one work item, 96 KiB of stack.
+struct Tiles {
+  alignas(64) float a[kRowBlock][kDepthBlock];           // token rows, one depth block
+  alignas(64) float w[kColBlock][kDepthBlock];           // weight rows, one depth block
+  alignas(64) float acc[kRowBlock][kColBlock][kLanes];  // lane partial sums over all of K
+};
 
 template <class Storage>
 inline float load(const Storage* p, int64_t i) {
@@ -53,41 +64,93 @@ float activate(Activation activation, float gate) {
   return gate / (1.0f + std::exp(-gate));
 }
 
-// The fixed reduction of kLanes partial sums: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+// The fixed combination of the lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
 inline float reduce_lanes(const float* lanes) {
   float half[kLanes / 2];
   for (int l = 0; l < kLanes / 2; ++l) half[l] = lanes[l] + lanes[l + kLanes / 2];
   return (half[0] + half[2]) + (half[1] + half[3]);
 }
 
-// out[m][n] = dot(a[m], w[n]) over `depth`, for Rows token rows and kMicroCols weight rows.
-// Lane l sums the products of k = l, l + kLanes, l + 2 kLanes, ... in increasing order (a tail
-// shorter than kLanes is zero-padded), then reduce_lanes combines the lanes.
-template <class Storage, int Rows>
-void dot_tile(const Storage* const* a, const Storage* const* w, int64_t depth,
-              float (&out)[kMicroRows][kMicroCols]) {
-  float acc[Rows][kMicroCols][kLanes] = {};
-  auto step = [&](int64_t k, int width) {
-    float a_lanes[Rows][kLanes] = {};
-    float w_lanes[kMicroCols][kLanes] = {};
-    for (int m = 0; m < Rows; ++m) {
-      for (int l = 0; l < width; ++l) a_lanes[m][l] = load(a[m], k + l);
-    }
+// Widens src[0, count) to dst and zero-pads it to `padded` (a multiple of kLanes).
+template <class Storage>
+[[gnu::always_inline]] inline void widen(const Storage* src, int64_t count, int64_t padded, float* dst) {
+  for (int64_t k = 0; k < count; ++k) dst[k] = load(src, k);
+  std::fill(dst + count, dst + padded, 0.0f);
+}
+
+// The micro kernel is written once with GCC/Clang vector extensions, for vectors of 4 or 8
+// floats; vector arithmetic is lane by lane, so every instantiation computes exactly the per-lane
+// sums defined above, bit for bit. x86-64 builds for the baseline ISA (SSE2) also carry an AVX2
+// copy, picked at run time; it does not enable FMA, so products round as in the baseline.
+typedef float Float4 __attribute__((vector_size(4 * sizeof(float))));
+typedef float Float8 __attribute__((vector_size(8 * sizeof(float))));
+
+// acc[m][n][l] += sum over k = l, l + kLanes, ... < depth of a[m][k] * w[n][k], for Rows tile rows
+// and kMicroCols weight rows; depth is a multiple of kLanes. The sums live in registers for the
+// whole depth (the unroll pragmas make sure the small arrays below become registers).
+template <class Vector, int Rows>
+[[gnu::always_inline]] inline void micro_tile_body(const float* a, const float* w, int64_t depth,
+                                                   float* acc) {
+  constexpr int kWidth = sizeof(Vector) / sizeof(float);
+  constexpr int kParts = kLanes / kWidth;
+  static_assert(kParts * kWidth == kLanes);
+  Vector sums[Rows][kMicroCols][kParts];
+#pragma GCC unroll 8
+  for (int m = 0; m < Rows; ++m) {
+#pragma GCC unroll 8
     for (int n = 0; n < kMicroCols; ++n) {
-      for (int l = 0; l < width; ++l) w_lanes[n][l] = load(w[n], k + l);
-    }
-    for (int m = 0; m < Rows; ++m) {
-      for (int n = 0; n < kMicroCols; ++n) {
-        for (int l = 0; l < kLanes; ++l) acc[m][n][l] += a_lanes[m][l] * w_lanes[n][l];
+      const float* lanes = acc + (m * kColBlock + n) * kLanes;
+#pragma GCC unroll 8
+      for (int p = 0; p < kParts; ++p) {
+        std::memcpy(&sums[m][n][p], lanes + p * kWidth, sizeof(Vector));
       }
     }
-  };
-  const int64_t full = depth / kLanes * kLanes;
-  for (int64_t k = 0; k < full; k += kLanes) step(k, kLanes);
-  if (full < depth) step(full, static_cast<int>(depth - full));
-  for (int m = 0; m < Rows; ++m) {
-    for (int n = 0; n < kMicroCols; ++n) out[m][n] = reduce_lanes(acc[m][n]);
   }
+  for (int64_t k = 0; k < depth; k += kLanes) {
+    Vector a_k[Rows][kParts];
+    Vector w_k[kMicroCols][kParts];
+#pragma GCC unroll 8
+    for (int p = 0; p < kParts; ++p) {
+      const int64_t offset = k + p * kWidth;
+#pragma GCC unroll 8
+      for (int m = 0; m < Rows; ++m) {
+        std::memcpy(&a_k[m][p], a + m * kDepthBlock + offset, sizeof(Vector));
+      }
+#pragma GCC unroll 8
+      for (int n = 0; n < kMicroCols; ++n) {
+        std::memcpy(&w_k[n][p], w + n * kDepthBlock + offset, sizeof(Vector));
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < Rows; ++m) {
+#pragma GCC unroll 8
+      for (int n = 0; n < kMicroCols; ++n) {
+#pragma GCC unroll 8
+        for (int p = 0; p < kParts; ++p) sums[m][n][p] += a_k[m][p] * w_k[n][p];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < Rows; ++m) {
+#pragma GCC unroll 8
+    for (int n = 0; n < kMicroCols; ++n) {
+      float* lanes = acc + (m * kColBlock + n) * kLanes;
+#pragma GCC unroll 8
+      for (int p = 0; p < kParts; ++p) {
+        std::memcpy(lanes + p * kWidth, &sums[m][n][p], sizeof(Vector));
+      }
+    }
+  }
+}
+
+// micro_tile_body for the last rows of a block, which may be fewer than kMicroRows.
+template <class Vector, int Rows = kMicroRows>
+[[gnu::always_inline]] inline void micro_tile(int64_t rows, const float* a, const float* w,
+                                              int64_t depth, float* acc) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) return micro_tile<Vector, Rows - 1>(rows, a, w, depth, acc);
+  }
+  micro_tile_body<Vector, Rows>(a, w, depth, acc);
 }
 
 // `count` consecutive weight rows (each `depth` long) whose results land in tile columns
@@ -99,39 +162,72 @@ struct Segment {
   int64_t column;
 };
 
-// c[rows x kColBlock] = A[rows x depth] * W^T for the segments' weight rows. Micro tiles at the
-// edges repeat the last row (their extra results are dropped), so every element is computed by
-// the same instructions wherever it falls.
-template <class Storage>
-void multiply(const Storage* a, int64_t rows, int64_t depth, const Segment<Storage>* segments,
-              int num_segments, float* c) {
-  for (int s = 0; s < num_segments; ++s) {
-    const Segment<Storage>& seg = segments[s];
-    for (int64_t n0 = 0; n0 < seg.count; n0 += kMicroCols) {
-      const Storage* w[kMicroCols];
-      for (int n = 0; n < kMicroCols; ++n) {
-        w[n] = seg.rows + std::min<int64_t>(n0 + n, seg.count - 1) * depth;
+// c[m][column] = dot(A[m], W[column]) for the item's rows and the segments' weight rows, with
+// c of row stride kColBlock.
+template <class Vector, class Storage>
+[[gnu::always_inline]] inline void multiply_body(const Storage* a, int64_t rows, int64_t depth,
+                                                 const Segment<Storage>* segments,
+                                                 int num_segments, Tiles& tiles, float* c) {
+  for (int64_t m = 0; m < rows; ++m) {
+    std::fill(&tiles.acc[m][0][0], &tiles.acc[m][0][0] + kColBlock * kLanes, 0.0f);
+  }
+  for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
+    const int64_t kb = std::min(kDepthBlock, depth - k0);
+    const int64_t padded = (kb + kLanes - 1) / kLanes * kLanes;
+    for (int64_t m = 0; m < rows; ++m) widen(a + m * depth + k0, kb, padded, tiles.a[m]);
+    for (int s = 0; s < num_segments; ++s) {
+      const Segment<Storage>& seg = segments[s];
+      const int64_t used = (seg.count + kMicroCols - 1) / kMicroCols * kMicroCols;
+      for (int64_t i = 0; i < seg.count; ++i) {
+        widen(seg.rows + i * depth + k0, kb, padded, tiles.w[seg.column + i]);
       }
-      for (int64_t m0 = 0; m0 < rows; m0 += kMicroRows) {
-        const Storage* a_rows[kMicroRows];
-        for (int m = 0; m < kMicroRows; ++m) {
-          a_rows[m] = a + std::min<int64_t>(m0 + m, rows - 1) * depth;
-        }
-        float out[kMicroRows][kMicroCols];
-        if (rows - m0 == 1) {
-          dot_tile<Storage, 1>(a_rows, w, depth, out);
-        } else {
-          dot_tile<Storage, kMicroRows>(a_rows, w, depth, out);
-        }
-        for (int64_t m = 0; m < std::min<int64_t>(kMicroRows, rows - m0); ++m) {
-          for (int64_t n = 0; n < std::min<int64_t>(kMicroCols, seg.count - n0); ++n) {
-            c[(m0 + m) * kColBlock + seg.column + n0 + n] = out[m][n];
-          }
+      for (int64_t i = seg.count; i < used; ++i) {  // edge of a micro tile: zero weight rows
+        std::fill(tiles.w[seg.column + i], tiles.w[seg.column + i] + padded, 0.0f);
+      }
+      for (int64_t n = seg.column; n < seg.column + used; n += kMicroCols) {
+        for (int64_t m = 0; m < rows; m += kMicroRows) {
+          const float* a_tile = tiles.a[m];
+          const float* w_tile = tiles.w[n];
+          float* acc = &tiles.acc[m][n][0];
+          micro_tile<Vector>(rows - m, a_tile, w_tile, padded, acc);
         }
       }
     }
   }
+  for (int s = 0; s < num_segments; ++s) {
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t n = segments[s].column; n < segments[s].column + segments[s].count; ++n) {
+        c[m * kColBlock + n] = reduce_lanes(tiles.acc[m][n]);
+      }
+    }
+  }
 }
+
+#if defined(__x86_64__) && !defined(__AVX2__)
+template <class Storage>
+[[gnu::target("avx2")]] void multiply_avx2(const Storage* a, int64_t rows, int64_t depth,
+                                           const Segment<Storage>* segments, int num_segments,
+                                           Tiles& tiles, float* c) {
+  multiply_body<Float8>(a, rows, depth, segments, num_segments, tiles, c);
+}
+
+template <class Storage>
+void multiply(const Storage* a, int64_t rows, int64_t depth, const Segment<Storage>* segments,
+              int num_segments, Tiles& tiles, float* c) {
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) {
+    multiply_avx2(a, rows, depth, segments, num_segments, tiles, c);
+  } else {
+    multiply_body<Float4>(a, rows, depth, segments, num_segments, tiles, c);
+  }
+}
+#else
+template <class Storage>
+void multiply(const Storage* a, int64_t rows, int64_t depth, const Segment<Storage>* segments,
+              int num_segments, Tiles& tiles, float* c) {
+  multiply_body<Float8>(a, rows, depth, segments, num_segments, tiles, c);
+}
+#endif
 
 // The work of one stage phase: per local expert, row blocks x column blocks.
 struct Problem {
@@ -180,6 +276,7 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
   Problem gate_up = problem;
   gate_up.col_blocks = (inter + kGateUpCols - 1) / kGateUpCols;
   parallel_for(threads, gate_up.items(), [&](int64_t begin, int64_t end) {
+    Tiles tiles;
     float tile[kRowBlock * kColBlock];
     gate_up.for_items(begin, end, [&](int64_t e, int64_t row0, int64_t rows, int64_t block) {
       const int64_t n0 = block * kGateUpCols;
@@ -187,7 +284,7 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
       const Storage* w = w13 + e * 2 * inter * hidden;
       const Segment<Storage> segments[2] = {{w + n0 * hidden, nb, 0},
                                             {w + (inter + n0) * hidden, nb, kGateUpCols}};
-      multiply(x + row0 * hidden, rows, hidden, segments, 2, tile);
+      multiply(x + row0 * hidden, rows, hidden, segments, 2, tiles, tile);
       for (int64_t m = 0; m < rows; ++m) {
         const float* c = tile + m * kColBlock;
         Storage* h_row = h + (row0 + m) * inter + n0;
@@ -202,12 +299,13 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
   Problem down = problem;
   down.col_blocks = (hidden + kColBlock - 1) / kColBlock;
   parallel_for(threads, down.items(), [&](int64_t begin, int64_t end) {
+    Tiles tiles;
     float tile[kRowBlock * kColBlock];
     down.for_items(begin, end, [&](int64_t e, int64_t row0, int64_t rows, int64_t block) {
       const int64_t n0 = block * kColBlock;
       const int64_t nb = std::min(kColBlock, hidden - n0);
       const Segment<Storage> segment = {w2 + e * hidden * inter + n0 * inter, nb, 0};
-      multiply(h + row0 * inter, rows, inter, &segment, 1, tile);
+      multiply(h + row0 * inter, rows, inter, &segment, 1, tiles, tile);
       for (int64_t m = 0; m < rows; ++m) {
         const float* c = tile + m * kColBlock;
         Storage* y_row = y + (row0 + m) * hidden + n0;
