@@ -33,16 +33,23 @@ void release(int device, void* pointer) {
 void copy_to_device(int device, void* dst, const void* src, size_t bytes) {
   use(device);
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
+  // The tools run the library on a non-blocking stream, which does not wait for the legacy
+  // stream: a pageable copy may still be in flight when cudaMemcpy returns.
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 void copy_to_host(int device, void* dst, const void* src, size_t bytes) {
   use(device);
+  // Work enqueued on the tools' non-blocking stream must finish before the legacy-stream copy.
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(device to host)");
 }
 
 void fill_bytes(int device, void* dst, int value, size_t bytes) {
   use(device);
   check(cudaMemset(dst, value, bytes), "cudaMemset");
+  // cudaMemset is asynchronous and the non-blocking stream would not wait for it.
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 void synchronize(int device) {
