@@ -5,8 +5,10 @@
 # most 8 files, what a device run brings back), and $OUT/summary.txt gets one line per step. Exits non-zero when any step fails; later steps still
 # run, so one failure does not hide the others.
 #
-#   scripts/device-check.sh [BUILD_DIR]     (default: build-device)
+#   scripts/device-check.sh [BUILD_DIR [STEP...]]     (default: build-device, every step)
 #
+# STEP is one of ctest-cuda, ctest-cpu, sanitizers, bench (the build always runs), to spend a
+# device call on part of the check.
 # The machine needs no network: third_party/ (googletest, cutlass) must travel with the tree
 # (scripts/fetch-deps.sh fills it where a registry is reachable).
 set -uo pipefail
@@ -14,6 +16,9 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
 build=${1:-build-device}
+shift $(($# > 0 ? 1 : 0))
+wanted=" ${*:-ctest-cuda ctest-cpu sanitizers bench} "
+want() { [[ "$wanted" == *" $1 "* ]]; }
 out=${OUT:-$root/out}
 mkdir -p "$out"
 summary="$out/summary.txt"
@@ -57,16 +62,14 @@ configure_and_build() {
     -DIRONMOE_CUDA=ON && cmake --build "$build" -j "$cores"
 }
 step build configure_and_build || { cat "$summary"; exit 1; }
-step ctest-cuda ctest --test-dir "$build" -L cuda --output-on-failure
-step ctest-cpu ctest --test-dir "$build" -L cpu --output-on-failure -j "$cores"
+want ctest-cuda && step ctest-cuda ctest --test-dir "$build" -L cuda --output-on-failure
+want ctest-cpu && step ctest-cpu ctest --test-dir "$build" -L cpu --output-on-failure -j "$cores"
 # sanitize.sh writes its full log to $out/sanitize.log; this step's log keeps its summary lines.
-step sanitizers env OUT="$out" "$root/scripts/sanitize.sh" "$build"
+want sanitizers && step sanitizers env OUT="$out" "$root/scripts/sanitize.sh" "$build"
 bench="$build/tools/ironmoe-bench"
-if [ -x "$bench" ]; then
-  step bench "$bench" --device cuda --preset all --tokens 1,16,64,256,1024,4096,16384
-else
-  echo "bench: not built ($bench missing)" | tee -a "$summary"
-  status=1
+if want bench; then
+  step bench "$bench" --device cuda --preset all --tokens 1,16,64,256,1024,4096,16384 \
+    --json "$out/bench.json"
 fi
 
 echo "---" && cat "$summary"

@@ -44,32 +44,52 @@ programs=(
   "layer|$tests/cuda_test_layer|--gtest_filter=Scaled/*qwen3_30b_a3b_bf16_contiguous:Scaled/*deepseek_v3_bf16_batched:Scaled/*mixtral_8x7b_f32_contiguous"
 )
 
-status=0
-for tool in memcheck initcheck racecheck synccheck; do
-  passed=0
-  failed=()
+# One tool's pass over the selected programs, sequentially; its log goes to $1, its summary line
+# to stdout. The four tools run side by side (the sanitizers are bound by host-side work, and the
+# GPU has room for all four), which cuts the wall time about fourfold.
+run_tool() {
+  local tool=$1 tool_log=$2 passed=0 failed=() entry name exe args start
+  : >"$tool_log"
   for entry in "${programs[@]}"; do
     IFS='|' read -r name exe args <<<"$entry"
     [ "$selected" = "  " ] || [[ "$selected" == *" $name "* ]] || continue
     if [ ! -x "$exe" ]; then
-      echo "== $tool $name: missing $exe" | tee -a "$log"
+      echo "== $tool $name: missing $exe" >>"$tool_log"
       failed+=("$name(missing)")
       continue
     fi
-    echo "== $tool $name: $exe $args" >>"$log"
+    echo "== $tool $name: $exe $args" >>"$tool_log"
+    start=$SECONDS
     # shellcheck disable=SC2086  # args is a list of arguments
     if compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 "$exe" $args \
-        >>"$log" 2>&1; then
+        >>"$tool_log" 2>&1; then
       passed=$((passed + 1))
     else
       failed+=("$name")
     fi
+    echo "== $tool $name: $((SECONDS - start)) s" >>"$tool_log"
   done
   if [ ${#failed[@]} -eq 0 ]; then
-    echo "sanitize: $tool: PASS ($passed programs)" | tee -a "$log"
+    echo "sanitize: $tool: PASS ($passed programs)"
   else
-    echo "sanitize: $tool: FAIL in ${failed[*]} ($passed passed)" | tee -a "$log"
-    status=1
+    echo "sanitize: $tool: FAIL in ${failed[*]} ($passed passed)"
+    return 1
   fi
+}
+
+tools=(memcheck initcheck racecheck synccheck)
+pids=()
+for tool in "${tools[@]}"; do
+  run_tool "$tool" "$log.$tool" >"$log.$tool.summary" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=1
+done
+for tool in "${tools[@]}"; do
+  cat "$log.$tool" >>"$log"
+  cat "$log.$tool.summary" | tee -a "$log"
+  rm -f "$log.$tool" "$log.$tool.summary"
 done
 exit $status

@@ -40,6 +40,7 @@ struct Sm90Scratch {
   size_t gemm1_list = 0;
   size_t gemm2_list = 0;
   size_t workspace = 0;
+  size_t workspace_bytes = 0;
   size_t gate_up = 0;
   size_t total = 0;
 };
@@ -55,7 +56,8 @@ Sm90Scratch sm90_scratch(int64_t max_rows, int64_t intermediate, int64_t local_e
   };
   scratch.gemm1_list = take(gemm::sm90_bf16_problem_list_bytes(local_experts));
   scratch.gemm2_list = take(gemm::sm90_bf16_problem_list_bytes(local_experts));
-  scratch.workspace = take(gemm::sm90_bf16_workspace_bytes(sm_count));
+  scratch.workspace_bytes = gemm::sm90_bf16_workspace_bytes(sm_count);
+  scratch.workspace = take(scratch.workspace_bytes);
   scratch.gate_up = take(static_cast<size_t>(max_rows) * 2 * intermediate * sizeof(uint16_t));
   scratch.total = end + kScratchAlignment;
   return scratch;
@@ -181,7 +183,8 @@ void experts(const ExpertArgs& args, void* stream_handle) {
 
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
   const gemm::Sm90GemmOperands operands[2] = {gemm1, gemm2};
-  gemm::sm90_bf16_write_problem_lists(rows, operands, lists, 2, stream);
+  gemm::sm90_bf16_write_problem_lists(rows, operands, lists, 2, scratch + layout.workspace,
+                                      layout.workspace_bytes, stream);
   gemm::sm90_bf16_grouped_gemm(local_experts, lists[0], scratch + layout.workspace, device_index,
                                sms, stream);
 

@@ -161,6 +161,9 @@ class ExpertProblem {
   void poison_outputs() {
     intermediate_.fill_bytes(kPoisonFloatByte);
     out_.fill_bytes(kPoisonFloatByte);
+    // Scratch is poisoned too: the stage must write what it reads there (and compute-sanitizer's
+    // initcheck does not count the GEMM's TMA stores as writes; docs/performance.md).
+    scratch_.fill_bytes(kPoisonFloatByte);
   }
 
   ExpertArgs gpu_args() const {

@@ -43,6 +43,7 @@ struct ForwardSetup {
     logits.fill_bytes(0);
     w13.fill_bytes(0);
     w2.fill_bytes(0);
+    poison_workspace();
     inputs.x = x.view(c.dtype, {tokens, c.hidden});
     inputs.router_logits = logits.view(DType::f32, {tokens, c.num_experts});
     weights.w13 = w13.view(c.dtype, {c.num_experts, 2 * c.intermediate, c.hidden});
@@ -50,6 +51,10 @@ struct ForwardSetup {
     outputs.out = out.view(c.dtype, {tokens, c.hidden});
     space = Workspace{workspace.data(), workspace.bytes()};
   }
+
+  // The workspace starts dirty, as a caller's would (and initcheck, which does not count TMA
+  // stores as writes, then sees the GEMM scratch as initialised).
+  void poison_workspace() { workspace.fill_bytes(0xff); }
 
   void forward() const {
     Layer(config, device).forward(inputs, weights, outputs, space, stream);
@@ -134,6 +139,7 @@ std::vector<Case> error_cases(Device) {
       [](ForwardSetup& s) {
         s.config.max_tokens = 16;
         s.workspace = DeviceBuffer(s.device, workspace_bytes(s.config, s.device));
+        s.poison_workspace();
         s.space = Workspace{s.workspace.data(), s.workspace.bytes()};
       },
       "max_tokens"));

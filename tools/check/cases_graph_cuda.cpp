@@ -34,6 +34,7 @@ class CapturedLayer {
         out_(device_, static_cast<size_t>(tokens_ * config_.hidden) * dtype_size(config_.dtype)),
         num_valid_(to_device(device_, std::vector<int32_t>{static_cast<int32_t>(tokens_)})),
         workspace_(device_, workspace_bytes(config_, device_)) {
+    workspace_.fill_bytes(0xff);  // dirty, as a caller's workspace would be
     capture(context);
   }
   ~CapturedLayer() {

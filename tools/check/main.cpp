@@ -38,10 +38,13 @@ int run(const ArgParser& args) {
   const Device device = resolve_device(args.value("device", "auto"));
   const auto seed = static_cast<uint64_t>(parse_int(args.value("seed", "1"), "--seed"));
   const std::string filter = args.value("filter");
+  const std::string exclude = args.value("exclude");
   const bool verbose = args.has("verbose");
   std::vector<Case> cases;
   for (Case& c : all_cases(device)) {
-    if (filter.empty() || c.name.find(filter) != std::string::npos) cases.push_back(std::move(c));
+    const bool kept = filter.empty() || c.name.find(filter) != std::string::npos;
+    const bool dropped = !exclude.empty() && c.name.find(exclude) != std::string::npos;
+    if (kept && !dropped) cases.push_back(std::move(c));
   }
   if (args.has("list")) {
     for (const Case& c : cases) std::cout << c.name << "\n";
@@ -94,6 +97,7 @@ int main(int argc, char** argv) {
                    "or FAIL per case. Exit status 1 on any FAIL.");
   parser.add_option("device", "DEV", "auto (default: cuda when a GPU is visible), cpu or cuda");
   parser.add_option("filter", "TEXT", "run only the cases whose name contains TEXT");
+  parser.add_option("exclude", "TEXT", "skip the cases whose name contains TEXT");
   parser.add_option("seed", "N", "seed of the random data (default 1)");
   parser.add_flag("list", "list the case names and exit");
   parser.add_flag("verbose", "also print what passing cases report (e.g. error messages)");

@@ -40,9 +40,11 @@ size_t sm90_bf16_problem_list_bytes(int64_t num_experts);
 size_t sm90_bf16_workspace_bytes(int sm_count);
 
 // Writes the problem lists of `count` GEMMs (1 or 2) over the same experts in one launch;
-// lists[i] (sm90_bf16_problem_list_bytes each, 16-byte aligned) receives GEMM i.
+// lists[i] (sm90_bf16_problem_list_bytes each, 16-byte aligned) receives GEMM i. The same launch
+// zeroes the GEMM workspace (sm90_bf16_workspace_bytes) that the following GEMMs will use.
 void sm90_bf16_write_problem_lists(const ExpertRows& rows, const Sm90GemmOperands* gemms,
-                                   void* const* lists, int count, cudaStream_t stream);
+                                   void* const* lists, int count, void* workspace,
+                                   size_t workspace_bytes, cudaStream_t stream);
 
 // Runs one grouped GEMM from a problem list written above. `workspace` holds
 // sm90_bf16_workspace_bytes(sm_count) bytes, 64-byte aligned; GEMMs on one stream may share it.

@@ -128,9 +128,29 @@ struct ListWrites {
   ListWrite gemms[kMaxGemmsPerWrite];
 };
 
-// One thread per (expert, GEMM). An expert whose range is empty or invalid becomes an M = 0
-// problem: the scheduler gives it no tiles and its pointers are never dereferenced.
-__global__ void write_problem_lists_kernel(ExpertRows rows, ListWrites writes) {
+// The GEMM kernel's workspace, cleared by the problem-list launch (see write_problem_lists_kernel).
+struct WorkspaceClear {
+  uint4* words = nullptr;  // 16-byte words
+  int64_t count = 0;
+};
+
+// Grid row y < number of GEMMs: one thread per (expert, GEMM). An expert whose range is empty or
+// invalid becomes an M = 0 problem: the scheduler gives it no tiles and its pointers are never
+// dereferenced.
+// The last grid row zeroes the GEMM kernel's workspace. The kernel builds its per-SM TMA
+// descriptors there with tensormap.cp_fenceproxy, which compute-sanitizer's initcheck counts as a
+// read of the global destination; the descriptors are rebuilt by every launch, so clearing the
+// bytes first changes nothing but lets initcheck tell real uninitialised reads from this one.
+__global__ void write_problem_lists_kernel(ExpertRows rows, ListWrites writes,
+                                           WorkspaceClear clear) {
+  if (blockIdx.y == gridDim.y - 1) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < clear.count;
+         i += stride) {
+      clear.words[i] = make_uint4(0, 0, 0, 0);
+    }
+    return;
+  }
   const int64_t expert = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (expert >= rows.num_experts) return;
   const ListWrite& write = writes.gemms[blockIdx.y];
@@ -188,18 +208,26 @@ size_t sm90_bf16_workspace_bytes(int sm_count) {
 }
 
 void sm90_bf16_write_problem_lists(const ExpertRows& rows, const Sm90GemmOperands* gemms,
-                                   void* const* lists, int count, cudaStream_t stream) {
+                                   void* const* lists, int count, void* workspace,
+                                   size_t workspace_bytes, cudaStream_t stream) {
   IRONMOE_CHECK(count >= 1 && count <= kMaxGemmsPerWrite, "experts",
                 "internal: expected 1 or 2 problem lists, got ", count);
+  IRONMOE_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0 && workspace_bytes % 16 == 0,
+                "experts", "internal: GEMM workspace must be 16-byte aligned and sized, got ",
+                workspace, " and ", workspace_bytes, " bytes");
   if (rows.num_experts == 0) return;
   ListWrites writes{};
   for (int i = 0; i < count; ++i) {
     writes.gemms[i] = {gemms[i], list_arrays(lists[i], rows.num_experts)};
   }
+  const WorkspaceClear clear{static_cast<uint4*>(workspace),
+                             static_cast<int64_t>(workspace_bytes / sizeof(uint4))};
   constexpr int kThreads = 128;
-  const dim3 grid(static_cast<unsigned>((rows.num_experts + kThreads - 1) / kThreads),
-                  static_cast<unsigned>(count));
-  write_problem_lists_kernel<<<grid, kThreads, 0, stream>>>(rows, writes);
+  constexpr int64_t kClearBlocks = 32;  // ~80 KB of descriptors: a few stores per thread
+  const int64_t expert_blocks = (rows.num_experts + kThreads - 1) / kThreads;
+  const dim3 grid(static_cast<unsigned>(expert_blocks > kClearBlocks ? expert_blocks : kClearBlocks),
+                  static_cast<unsigned>(count + 1));
+  write_problem_lists_kernel<<<grid, kThreads, 0, stream>>>(rows, writes, clear);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 
