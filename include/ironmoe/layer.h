@@ -5,7 +5,12 @@
 // num_valid_tokens, for any smaller batch.
 #include <cstddef>
 
+#include "ironmoe/combine.h"
 #include "ironmoe/config.h"
+#include "ironmoe/experts.h"
+#include "ironmoe/gather.h"
+#include "ironmoe/plan.h"
+#include "ironmoe/route.h"
 #include "ironmoe/stream.h"
 #include "ironmoe/tensor.h"
 
@@ -40,6 +45,20 @@ struct Workspace {
 // A pure function of the config and the device: the bytes forward() needs for max_tokens.
 size_t workspace_bytes(const MoeConfig& config, Device device);
 
+// One forward() call taken apart: the arguments of each stage, validated and carved from the
+// workspace. forward() runs route (when has_route), plan, gather, experts and combine with these,
+// in that order, on one stream; an engine may run them itself to put work between the stages, and
+// ironmoe-bench --breakdown times them one by one.
+struct LayerStages {
+  bool has_route = false;  // false: precomputed topk_ids / topk_weights
+  RoutingConfig routing;
+  RouteArgs route;
+  PlanArgs plan;
+  GatherArgs gather;
+  ExpertArgs experts;
+  CombineArgs combine;
+};
+
 class Layer {
  public:
   Layer(const MoeConfig& config, Device device);  // validates the config; allocates nothing
@@ -50,6 +69,9 @@ class Layer {
 
   void forward(const Inputs& inputs, const Weights& weights, const Outputs& outputs,
                const Workspace& workspace, const Stream& stream) const;
+  // What forward() would run, without running it; throws what forward() would throw.
+  LayerStages stages(const Inputs& inputs, const Weights& weights, const Outputs& outputs,
+                     const Workspace& workspace, const Stream& stream) const;
 
  private:
   MoeConfig config_;

@@ -35,6 +35,16 @@ size_t Layer::workspace_bytes() const { return ironmoe::workspace_bytes(config_,
 
 void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs& outputs,
                     const Workspace& workspace, const Stream& stream) const {
+  const LayerStages s = stages(inputs, weights, outputs, workspace, stream);
+  if (s.has_route) route(s.routing, s.route, stream);
+  plan(s.plan, stream);
+  gather(s.gather, stream);
+  experts(s.experts, stream);
+  combine(s.combine, stream);
+}
+
+LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Outputs& outputs,
+                          const Workspace& workspace, const Stream& stream) const {
   const char* where = "Layer::forward";
   const MoeConfig& c = config_;
   const Device device = device_;
@@ -99,22 +109,24 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
     return TensorView::contiguous(base + offset, dtype, shape, device);
   };
 
+  LayerStages result;
   TensorView topk_ids = inputs.topk_ids;
   TensorView topk_weights = inputs.topk_weights;
   if (has_logits) {
     topk_ids = view(layout.topk_ids, DType::i32, {tokens, top_k});
     topk_weights = view(layout.topk_weights, DType::f32, {tokens, top_k});
-    RouteArgs route_args;
+    RouteArgs& route_args = result.route;
+    result.has_route = true;
+    result.routing = c.routing;
     route_args.logits = inputs.router_logits;
     route_args.correction_bias = inputs.correction_bias;
     route_args.topk_ids = topk_ids;
     route_args.topk_weights = topk_weights;
     route_args.num_valid_tokens = inputs.num_valid_tokens;
     route_args.diagnostics = inputs.diagnostics;
-    route(c.routing, route_args, stream);
   }
 
-  PlanArgs plan_args;
+  PlanArgs& plan_args = result.plan;
   plan_args.topk_ids = topk_ids;
   plan_args.num_experts = num_experts;
   plan_args.expert_begin = c.expert_begin;
@@ -129,16 +141,14 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
   plan_args.diagnostics = inputs.diagnostics;
   plan_args.scratch = base + layout.plan_scratch;
   plan_args.scratch_bytes = layout.plan_scratch_bytes;
-  plan(plan_args, stream);
 
-  GatherArgs gather_args;
+  GatherArgs& gather_args = result.gather;
   gather_args.x = inputs.x;
   gather_args.row_to_slot = plan_args.row_to_slot;
   gather_args.top_k = top_k;
   gather_args.permuted = view(layout.permuted_in, c.dtype, {rows, hidden});
-  gather(gather_args, stream);
 
-  ExpertArgs expert_args;
+  ExpertArgs& expert_args = result.experts;
   expert_args.permuted_in = gather_args.permuted;
   expert_args.expert_offsets = plan_args.expert_offsets;
   expert_args.expert_counts = plan_args.expert_counts;
@@ -149,15 +159,14 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
   expert_args.permuted_out = view(layout.permuted_out, c.dtype, {rows, hidden});
   expert_args.scratch = base + layout.expert_scratch;
   expert_args.scratch_bytes = layout.expert_scratch_bytes;
-  experts(expert_args, stream);
 
-  CombineArgs combine_args;
+  CombineArgs& combine_args = result.combine;
   combine_args.permuted_out = expert_args.permuted_out;
   combine_args.slot_to_row = plan_args.slot_to_row;
   combine_args.topk_weights = topk_weights;
   combine_args.out = outputs.out;
   combine_args.num_valid_tokens = inputs.num_valid_tokens;
-  combine(combine_args, stream);
+  return result;
 }
 
 }  // namespace ironmoe

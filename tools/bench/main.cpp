@@ -57,6 +57,30 @@ void print_table(const std::vector<BenchRow>& rows, DType dtype, std::ostream& o
   table.print(out);
 }
 
+// Per-stage medians (--breakdown): each stage timed alone, their sum, and what the whole call
+// takes beyond that sum (launch gaps between stages on the GPU, or the stages overlapping less).
+void print_breakdown(const std::vector<BenchRow>& rows, std::ostream& out) {
+  std::vector<Table::Column> columns = {{"preset", false}, {"tokens"}};
+  for (const char* name : kStageNames) columns.push_back({std::string(name) + " us"});
+  columns.push_back({"sum us"});
+  columns.push_back({"layer us"});
+  Table table(columns);
+  for (const BenchRow& row : rows) {
+    if (!row.skipped.empty()) continue;
+    std::vector<std::string> cells = {row.shape, std::to_string(row.tokens)};
+    double sum = 0.0;
+    for (const Timing& stage : row.stages) {
+      cells.push_back(stage.iters > 0 ? format_fixed(stage.median_s * 1e6, 1) : "-");
+      sum += stage.median_s;
+    }
+    cells.push_back(format_fixed(sum * 1e6, 1));
+    cells.push_back(format_fixed(row.timing.median_s * 1e6, 1));
+    table.add_row(cells);
+  }
+  out << "\nper stage, each timed alone (median us):\n";
+  table.print(out);
+}
+
 std::string row_json(const BenchRow& row, const BenchOptions& options) {
   JsonObject json;
   json.add("preset", row.shape).add("tokens", row.tokens);
@@ -71,6 +95,11 @@ std::string row_json(const BenchRow& row, const BenchOptions& options) {
   json.add("floor_us", row.floor_s * 1e6).add("percent_of_floor", 100.0 * row.floor_s / seconds);
   if (row.max_rel_error >= 0.0) json.add("max_rel_error", row.max_rel_error);
   json.add("workspace_bytes", static_cast<int64_t>(row.workspace_bytes));
+  for (int i = 0; i < kStageCount; ++i) {
+    if (row.stages[i].iters > 0) {
+      json.add(std::string(kStageNames[i]) + "_us", row.stages[i].median_s * 1e6);
+    }
+  }
   return json.str();
 }
 
@@ -164,6 +193,7 @@ int run(const BenchOptions& options) {
             << " tokens vs float64 reference (tolerance "
             << format_scientific(error_tolerance(options.dtype), 0) << ")\n\n";
   print_table(rows, options.dtype, std::cout);
+  if (options.settings.breakdown) print_breakdown(rows, std::cout);
   if (!options.json_path.empty()) {
     write_json(options.json_path, rows, options, peak);
     progress("wrote " + options.json_path);

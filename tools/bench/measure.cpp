@@ -69,15 +69,26 @@ BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings
   const Workspace ws{workspace.data(), workspace.bytes()};
   const Stream stream = executor.stream();
   const auto forward = [&] { layer.forward(inputs, weights, outputs, ws, stream); };
-
-  if (device.is_cuda()) {
-    row.timing = time_cuda_graph(forward, executor.cuda_stream(), settings.iters);
-  } else {
+  const auto time_call = [&](const std::function<void()>& call) {
+    if (device.is_cuda()) return time_cuda_graph(call, executor.cuda_stream(), settings.iters);
     std::function<void()> before;
     if (flusher != nullptr) before = [flusher] { flusher->flush(); };
-    row.timing = time_cpu(forward, settings.iters, before);
-  }
+    return time_cpu(call, settings.iters, before);
+  };
+
+  row.timing = time_call(forward);
   synchronize(device);
+  if (settings.breakdown) {
+    // The stages read what the previous ones left in the workspace: the forward() calls above
+    // filled it, so each stage runs on real data when timed alone.
+    const LayerStages s = layer.stages(inputs, weights, outputs, ws, stream);
+    if (s.has_route) row.stages[0] = time_call([&] { route(s.routing, s.route, stream); });
+    row.stages[1] = time_call([&] { plan(s.plan, stream); });
+    row.stages[2] = time_call([&] { gather(s.gather, stream); });
+    row.stages[3] = time_call([&] { ironmoe::experts(s.experts, stream); });
+    row.stages[4] = time_call([&] { combine(s.combine, stream); });
+    synchronize(device);
+  }
 
   const Routing routing = route_separately(problem, config, tokens, executor);
   std::vector<bool> used(static_cast<size_t>(experts), false);

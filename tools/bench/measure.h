@@ -15,7 +15,13 @@ struct BenchSettings {
   int iters = 0;            // 0: the timer's default for the device
   int check_tokens = 3;     // tokens compared with the reference per row (0: no check)
   bool flush_cache = true;  // CPU: evict the last-level cache before each timed call
+  bool breakdown = false;   // also time each stage of the layer on its own
 };
+
+// The stages of Layer::forward, each timed alone (a CUDA graph of that stage only on the GPU),
+// in the order forward() runs them; "experts" is GEMM1, the activation and GEMM2 together.
+inline const char* const kStageNames[] = {"route", "plan", "gather", "experts", "combine"};
+constexpr int kStageCount = 5;
 
 struct BenchRow {
   std::string shape;
@@ -29,6 +35,7 @@ struct BenchRow {
   double floor_s = 0.0;
   double max_rel_error = -1.0;  // < 0: not checked
   size_t workspace_bytes = 0;
+  Timing stages[kStageCount];  // with BenchSettings::breakdown; iters 0 where a stage did not run
 };
 
 BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings& settings,

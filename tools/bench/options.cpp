@@ -43,6 +43,9 @@ ArgParser make_parser() {
                     "tokens per row compared with the float64 reference\n(default 3; 0 skips "
                     "the check)");
   parser.add_flag("warm", "CPU: do not evict the last-level cache before each timed call");
+  parser.add_flag("breakdown",
+                  "also time each stage alone (route, plan, gather, experts, combine) and print "
+                  "a second table");
   parser.add_option("json", "FILE", "also write every row as JSON to FILE");
   parser.add_flag("help", "show this text");
   return parser;
@@ -118,6 +121,7 @@ void parse_into(const ArgParser& args, BenchOptions* options) {
   options->settings.check_tokens =
       static_cast<int>(parse_int(args.value("check-tokens", "3"), "--check-tokens"));
   options->settings.flush_cache = !args.has("warm");
+  options->settings.breakdown = args.has("breakdown");
   options->json_path = args.value("json");
 
   options->shapes = preset_shapes(args);
