@@ -8,7 +8,7 @@
 #   scripts/sanitize.sh [BUILD_DIR [PROGRAM...]]     (default: build, every program)
 #
 # PROGRAM names one of the runs below (ironmoe-check, route, plan, gather-combine, stage-capture,
-# layer-capture, layer), to sanitize only those.
+# layer-capture, experts, layer), to sanitize only those.
 # The full log goes to $OUT/sanitize.log ($OUT unset: ./out). ironmoe-check or a test binary
 # that was not built is reported as missing and counts as a failure.
 set -uo pipefail
@@ -41,6 +41,7 @@ programs=(
   "gather-combine|$tests/cuda_test_gather_combine|--gtest_filter=*H2048_pad0_off0:*bf16_H333_pad3_off1:*f32_H1000_pad8_off0"
   "stage-capture|$tests/cuda_test_stage_capture|--gtest_filter=*/T1:*/T33:*/T257:*/T2049"
   "layer-capture|$tests/cuda_test_layer_capture|--gtest_filter=*/T7:*/T300"
+  "experts|$tests/cuda_test_experts|--gtest_filter=*small*_stream:*f16*_stream:*decode*:ExpertsCuda.RangesOutsideTheBuffersAreEmpty:ExpertsCuda.GraphReplayFollowsNewCountsAndInputs"
   "layer|$tests/cuda_test_layer|--gtest_filter=Scaled/*qwen3_30b_a3b_bf16_contiguous:Scaled/*deepseek_v3_bf16_batched:Scaled/*mixtral_8x7b_f32_contiguous"
 )
 

@@ -38,6 +38,7 @@ struct MoeConfig {
   DType dtype = DType::bf16;         // storage of x, weights, out (f32, bf16; f16 on CUDA)
   Layout layout = Layout::contiguous;  // how Layer lays out permuted rows
   int64_t batched_capacity = 0;        // rows per expert for Layout::batched (0: max_tokens)
+  ExpertKernel expert_kernel = ExpertKernel::automatic;  // CUDA expert kernel family
 
   int64_t local_expert_end() const { return expert_end < 0 ? num_experts : expert_end; }
   int64_t num_local_experts() const { return local_expert_end() - expert_begin; }

@@ -18,6 +18,7 @@ struct ExpertArgs {
   TensorView w13;             // [E_local, 2I, H], contiguous
   TensorView w2;              // [E_local, H, I], contiguous
   Activation activation = Activation::silu_and_mul;
+  ExpertKernel kernel = ExpertKernel::automatic;  // CUDA only (types.h)
   TensorView intermediate;    // scratch [R, I], same dtype
   TensorView permuted_out;    // out [R, H], same dtype
   // Scratch for the device backends (expert_scratch_bytes); may be null on the CPU.

@@ -38,6 +38,15 @@ enum class Activation : uint8_t { silu_and_mul, gelu_and_mul };
 //  batched:    a fixed capacity per expert, first_row[e] = e * capacity.
 enum class Layout : uint8_t { contiguous, batched };
 
+// The kernel family of the expert stage on CUDA (the CPU backend has one and ignores this).
+//  automatic      the dispatch table in src/cuda/experts.cu (docs/performance.md says why)
+//  grouped_gemm   Hopper tensor-core grouped GEMM (bf16, sm_90, 16-byte aligned operands)
+//  weight_stream  CUDA-core kernels that read each expert's weights once per 8 rows: decode
+//  cuda_cores     the general CUDA-core fallback (any dtype, shape and alignment)
+// A forced kernel that cannot take the operands is an error, never a silent fallback.
+enum class ExpertKernel : uint8_t { automatic, grouped_gemm, weight_stream, cuda_cores };
+const char* expert_kernel_name(ExpertKernel kernel);
+
 // Counters of the optional diagnostics buffer (int32[kDiagnosticCount] on the stage's device).
 // Counting is the only thing atomics are used for; no result depends on them.
 enum DiagnosticCounter : int {

@@ -20,6 +20,16 @@ const char* routing_kind_name(RoutingKind kind) {
   return "unknown-routing";
 }
 
+const char* expert_kernel_name(ExpertKernel kernel) {
+  switch (kernel) {
+    case ExpertKernel::automatic: return "automatic";
+    case ExpertKernel::grouped_gemm: return "grouped_gemm";
+    case ExpertKernel::weight_stream: return "weight_stream";
+    case ExpertKernel::cuda_cores: return "cuda_cores";
+  }
+  return "unknown-expert-kernel";
+}
+
 namespace api {
 
 void check_routing(const char* where, const RoutingConfig& routing, int64_t num_experts,

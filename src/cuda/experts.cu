@@ -1,17 +1,22 @@
 // Stage 4 on CUDA: the expert MLPs over the permuted rows (include/ironmoe/experts.h).
 //
-// Two paths, chosen by one rule (choose_path):
-//  sm90_bf16  bf16 storage on a Hopper GPU with TMA-compatible operands (H and I multiples of 8,
-//             16-byte aligned buffers): write both GEMMs' device-side problem lists (one launch),
-//             GEMM1 x @ w13^T -> gate_up [R, 2I] (bf16, in scratch), h = act(gate) * up ->
-//             intermediate, GEMM2 h @ w2^T -> permuted_out. gate and up are rounded to bf16
-//             before the activation (one extra rounding the CPU backend does not do; fusing the
-//             activation into GEMM1's epilogue removes it).
-//  simt       everything else (f32, f16, bf16 with unaligned shapes or pointers, non-Hopper GPUs):
-//             GEMM1 with the activation fused (fp32 gate and up, exactly the CPU's semantics),
-//             then GEMM2, on CUDA cores. Correct for any shape; not tuned for speed.
-// Neither path allocates, synchronises with the host or needs the row counts on the host, so the
-// stage can be captured in a CUDA graph. Rows outside every expert's range are neither read nor
+// Three kernel families, chosen by one table (choose_path) unless the caller forces one
+// (ExpertArgs::kernel):
+//  weight_stream  few rows per expert (decode): CUDA-core kernels that stream each expert's
+//                 weights once per 8 rows at full bandwidth, activation fused, fp32 gate and up
+//                 (gemm/weight_stream.h). Chosen when R <= kStreamRowsPerExpert * E_local, i.e.
+//                 the rows average at most that many per local expert (contiguous layout: T * k
+//                 rows; batched: the capacity).
+//  grouped_gemm   bf16 on a Hopper GPU with TMA-compatible operands (H and I multiples of 8,
+//                 16-byte aligned buffers): write both GEMMs' device-side problem lists (one
+//                 launch), GEMM1 x @ w13^T -> gate_up [R, 2I] (bf16, in scratch), h = act(gate) *
+//                 up -> intermediate, GEMM2 h @ w2^T -> permuted_out. gate and up are rounded to
+//                 bf16 before the activation (one extra rounding the CPU backend does not do).
+//  cuda_cores     everything else (f32, bf16/f16 with unaligned shapes or pointers, non-Hopper
+//                 GPUs): GEMM1 with the activation fused, then GEMM2, on CUDA cores. Correct for
+//                 any shape; not tuned for speed.
+// None allocates, synchronises with the host or needs the row counts on the host, so the stage
+// can be captured in a CUDA graph. Rows outside every expert's range are neither read nor
 // written; ranges that do not fit inside [0, R) are treated as empty (expert_rows.cuh).
 #include <cuda_runtime.h>
 
@@ -24,6 +29,7 @@
 #include "cuda/gemm/gated_activation.h"
 #include "cuda/gemm/grouped_gemm_simt.h"
 #include "cuda/gemm/grouped_gemm_sm90.h"
+#include "cuda/gemm/weight_stream.h"
 
 namespace ironmoe::cuda {
 namespace {
@@ -84,13 +90,33 @@ bool is_sm90(int device_index) {
          device_attribute(cudaDevAttrComputeCapabilityMinor, device_index) == 0;
 }
 
-enum class ExpertPath { sm90_bf16, simt };
+// Rows per local expert, on average, up to which the weight-streaming kernels run (automatic).
+constexpr int64_t kStreamRowsPerExpert = 4;
 
-ExpertPath choose_path(DType dtype, int64_t hidden, int64_t intermediate, int device_index,
-                       const gemm::Sm90GemmOperands& gemm1, const gemm::Sm90GemmOperands& gemm2) {
-  const bool sm90 = sm90_shapes(dtype, hidden, intermediate) && is_sm90(device_index) &&
-                    gemm::sm90_bf16_supports(gemm1) && gemm::sm90_bf16_supports(gemm2);
-  return sm90 ? ExpertPath::sm90_bf16 : ExpertPath::simt;
+const char* kKernelArgument = "kernel (config.expert_kernel)";
+
+ExpertKernel choose_path(ExpertKernel requested, bool sm90_ok, bool stream_ok, int64_t rows_total,
+                         int64_t local_experts) {
+  switch (requested) {
+    case ExpertKernel::automatic:
+      if (stream_ok && rows_total <= kStreamRowsPerExpert * local_experts) {
+        return ExpertKernel::weight_stream;
+      }
+      return sm90_ok ? ExpertKernel::grouped_gemm : ExpertKernel::cuda_cores;
+    case ExpertKernel::grouped_gemm:
+      IRONMOE_CHECK(sm90_ok, "experts", kKernelArgument, ": grouped_gemm needs bf16 on an sm_90 ",
+                    "GPU with H and I multiples of 8 and 16-byte aligned buffers and strides");
+      return requested;
+    case ExpertKernel::weight_stream:
+      IRONMOE_CHECK(stream_ok, "experts", kKernelArgument, ": weight_stream needs bf16 or f16 ",
+                    "with H and I multiples of 8, 16-byte aligned buffers and strides and at most ",
+                    gemm::kWeightStreamMaxExperts, " local experts");
+      return requested;
+    case ExpertKernel::cuda_cores:
+      return requested;
+  }
+  core::fail("experts", kKernelArgument, ": expected automatic, grouped_gemm, weight_stream or ",
+             "cuda_cores, got ", static_cast<int>(requested));
 }
 
 void run_simt(const gemm::ExpertRows& rows, const ExpertArgs& args, int64_t hidden,
@@ -174,9 +200,34 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   gemm2.n = hidden;
   gemm2.k = intermediate;
 
-  if (choose_path(dtype, hidden, intermediate, device_index, gemm1, gemm2) == ExpertPath::simt) {
-    run_simt(rows, args, hidden, intermediate, stream);
-    return;
+  gemm::WeightStreamArgs streamed;
+  streamed.a = args.permuted_in.data;
+  streamed.a_stride = args.permuted_in.strides[0];
+  streamed.w13 = args.w13.data;
+  streamed.w13_expert_stride = args.w13.strides[0];
+  streamed.h = args.intermediate.data;
+  streamed.h_stride = args.intermediate.strides[0];
+  streamed.w2 = args.w2.data;
+  streamed.w2_expert_stride = args.w2.strides[0];
+  streamed.out = args.permuted_out.data;
+  streamed.out_stride = args.permuted_out.strides[0];
+  streamed.hidden = hidden;
+  streamed.intermediate = intermediate;
+  streamed.dtype = dtype;
+  streamed.activation = args.activation;
+
+  const bool sm90_ok = hopper_shapes && is_sm90(device_index) &&
+                       gemm::sm90_bf16_supports(gemm1) && gemm::sm90_bf16_supports(gemm2);
+  const bool stream_ok = gemm::weight_stream_supports(streamed, local_experts);
+  switch (choose_path(args.kernel, sm90_ok, stream_ok, rows_total, local_experts)) {
+    case ExpertKernel::weight_stream:
+      gemm::weight_stream_experts(rows, streamed, stream);
+      return;
+    case ExpertKernel::cuda_cores:
+      run_simt(rows, args, hidden, intermediate, stream);
+      return;
+    default:
+      break;  // grouped_gemm, below
   }
   IRONMOE_CHECK(scratch_fits, "experts", "scratch: expected at least ", layout.total,
                 " bytes (expert_scratch_bytes), got ", args.scratch_bytes, " at ", args.scratch);

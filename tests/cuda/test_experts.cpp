@@ -1,7 +1,9 @@
 // ironmoe::experts on the GPU against the CPU backend (the reference semantics), on fresh random
 // inputs: both layouts (contiguous, batched), experts with 0, 1 and odd row counts, every preset
 // shape with a few local experts plus one full qwen3-30b-a3b layer, f32/f16/bf16, silu and gelu,
-// both CUDA paths (Hopper bf16 and the CUDA-core fallback), ranges that lie outside the buffers,
+// every CUDA kernel family (Hopper grouped GEMM, weight streaming, the CUDA-core fallback), chosen
+// automatically and forced, including weight streaming with more than one 8-row pass per expert;
+// ranges that lie outside the buffers,
 // and CUDA graph replay with changed contents. Outputs are poisoned (NaN bytes) before every run;
 // rows outside the experts' ranges must come back bit-for-bit untouched.
 //
@@ -36,7 +38,7 @@ namespace {
 //             h: the Hopper path rounds gate and up to bf16 before the activation (the CPU keeps
 //             them in fp32), which moves h by up to ~2.3 half-ulps before h itself is rounded,
 //             so h may land up to three ulps away (2.3e-2): allowed 3e-2, observed <= 1.2e-2.
-//             The CUDA-core path keeps fp32 gate and up and matches the CPU's h exactly.
+//             The CUDA-core and weight-streaming paths keep fp32 gate and up as the CPU does.
 double tolerance(DType dtype) {
   switch (dtype) {
     case DType::f32: return 1e-4;
@@ -62,6 +64,7 @@ struct ExpertCase {
   int64_t capacity = 0;         // batched: rows reserved per expert
   int64_t spare_rows = 0;       // contiguous: rows after the last expert that belong to none
   Activation activation = Activation::silu_and_mul;
+  ExpertKernel kernel = ExpertKernel::automatic;
 };
 
 std::ostream& operator<<(std::ostream& out, const ExpertCase& c) { return out << c.name; }
@@ -179,6 +182,7 @@ class ExpertProblem {
         TensorView::contiguous(w13_.data(), c.dtype, {experts, 2 * c.intermediate, c.hidden}, gpu);
     args.w2 = TensorView::contiguous(w2_.data(), c.dtype, {experts, c.hidden, c.intermediate}, gpu);
     args.activation = c.activation;
+    args.kernel = c.kernel;
     args.intermediate =
         TensorView::contiguous(intermediate_.data(), c.dtype, {rows(), c.intermediate}, gpu);
     args.permuted_out = TensorView::contiguous(out_.data(), c.dtype, {rows(), c.hidden}, gpu);
@@ -348,6 +352,37 @@ std::vector<ExpertCase> all_cases() {
                 Layout::contiguous, kSilu),
       make_case("f32_qwen3_30b_a3b_shape", DType::f32, 2048, 768, {0, 1, 9, 64}),
   };
+  // Weight streaming, forced: row counts from 0 to 130 (up to 17 passes of 8 rows per expert),
+  // both layouts and activations, bf16 and f16, every preset's H x I.
+  const auto forced = [](ExpertCase c, ExpertKernel kernel, const char* suffix) {
+    c.kernel = kernel;
+    c.name += suffix;
+    return c;
+  };
+  constexpr ExpertKernel kStream = ExpertKernel::weight_stream;
+  constexpr ExpertKernel kGrouped = ExpertKernel::grouped_gemm;
+  for (const char* name : {"bf16_small_contiguous_silu", "bf16_small_batched_gelu",
+                           "bf16_small_contiguous_gelu", "bf16_all_experts_empty_batched",
+                           "f16_contiguous_silu", "f16_batched_gelu", "bf16_qwen3_30b_a3b_shape",
+                           "bf16_qwen3_next_80b_a3b_shape_batched", "bf16_deepseek_v3_shape"}) {
+    for (const ExpertCase& c : std::vector<ExpertCase>(cases)) {
+      if (c.name == name) cases.push_back(forced(c, kStream, "_stream"));
+    }
+  }
+  cases.push_back(forced(make_case("bf16_mixtral_8x7b_shape", DType::bf16, 4096, 14336,
+                                   {0, 1, 13, 9}),
+                         kStream, "_stream"));
+  // Decode-sized counts (one or two rows per expert): automatic picks weight streaming; the
+  // grouped GEMM must give the same answers when forced.
+  const std::vector<int32_t> decode = {1, 0, 2, 1, 1, 0, 0, 3, 8, 9};
+  cases.push_back(make_case("bf16_decode_counts_automatic", DType::bf16, 2048, 768, decode));
+  cases.push_back(make_case("bf16_decode_counts_batched_automatic", DType::bf16, 512, 256, decode,
+                            Layout::batched, kGelu));
+  cases.push_back(forced(make_case("bf16_decode_counts", DType::bf16, 2048, 768, decode), kGrouped,
+                         "_grouped_gemm"));
+  cases.push_back(forced(make_case("bf16_decode_counts", DType::bf16, 2048, 768, decode),
+                         ExpertKernel::cuda_cores, "_cuda_cores"));
+
   // One full qwen3-30b-a3b layer: 128 local experts, 64 tokens x k = 8 slots spread at random.
   ExpertCase full = make_case("bf16_qwen3_30b_a3b_full_128_experts", DType::bf16, 2048, 768, {});
   std::mt19937_64 rng(4);
@@ -368,11 +403,15 @@ class ExpertsCuda : public CudaTest {};
 // Offsets/counts come from upstream and are not trusted: a range past R, a negative count or a
 // negative offset must neither crash nor touch memory; the GPU treats such an expert as empty.
 TEST_F(ExpertsCuda, RangesOutsideTheBuffersAreEmpty) {
-  for (DType dtype : {DType::bf16, DType::f32}) {
+  const std::pair<DType, ExpertKernel> variants[] = {{DType::bf16, ExpertKernel::grouped_gemm},
+                                                     {DType::bf16, ExpertKernel::weight_stream},
+                                                     {DType::f32, ExpertKernel::automatic}};
+  for (const auto& [dtype, kernel] : variants) {
     const uint64_t seed = fresh_seed();
     SCOPED_TRACE(seed_trace(seed));
-    SCOPED_TRACE(dtype_name(dtype));
+    SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + expert_kernel_name(kernel));
     ExpertCase c = make_case("bad_ranges", dtype, 256, 128, {4, 9, 3, 5, 6});
+    c.kernel = kernel;
     c.spare_rows = 8;
     ExpertProblem problem(c, stream());
     Ranges ranges = make_ranges(c);
@@ -400,11 +439,15 @@ TEST_F(ExpertsCuda, NoLocalExperts) {
 }
 
 // The stage captured once into a CUDA graph replays correctly for new contents, including new
-// row counts (they only live on the device), on both CUDA paths.
+// row counts (they only live on the device), on every CUDA kernel family.
 TEST_F(ExpertsCuda, GraphReplayFollowsNewCountsAndInputs) {
-  for (DType dtype : {DType::bf16, DType::f32}) {
-    SCOPED_TRACE(dtype_name(dtype));
+  const std::pair<DType, ExpertKernel> variants[] = {{DType::bf16, ExpertKernel::grouped_gemm},
+                                                     {DType::bf16, ExpertKernel::weight_stream},
+                                                     {DType::f32, ExpertKernel::automatic}};
+  for (const auto& [dtype, kernel] : variants) {
+    SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + expert_kernel_name(kernel));
     ExpertCase c = make_case("graph", dtype, 512, 256, {0, 0, 0, 0, 0, 0}, Layout::batched);
+    c.kernel = kernel;
     c.capacity = 96;
     ExpertProblem problem(c, stream());
     const uint64_t first_seed = fresh_seed();
@@ -453,6 +496,26 @@ TEST_F(ExpertsCuda, ScratchIsPureAndChecked) {
     ADD_FAILURE() << "expected ironmoe::Error for too little scratch";
   } catch (const Error& error) {
     EXPECT_NE(std::string(error.what()).find("scratch"), std::string::npos) << error.what();
+  }
+}
+
+// A forced kernel family that cannot take the operands is an error naming the argument, never a
+// silent fallback to another kernel.
+TEST_F(ExpertsCuda, ForcedKernelThatCannotRunIsAnError) {
+  const std::pair<DType, ExpertKernel> impossible[] = {
+      {DType::f32, ExpertKernel::grouped_gemm}, {DType::f32, ExpertKernel::weight_stream}};
+  for (const auto& [dtype, kernel] : impossible) {
+    SCOPED_TRACE(expert_kernel_name(kernel));
+    ExpertCase c = make_case("forced", dtype, 256, 128, {3, 4});
+    c.kernel = kernel;
+    ExpertProblem problem(c, stream());
+    problem.fill(fresh_seed(), make_ranges(c));
+    try {
+      problem.run_gpu();
+      ADD_FAILURE() << "expected ironmoe::Error for " << expert_kernel_name(kernel) << " on f32";
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find("kernel"), std::string::npos) << error.what();
+    }
   }
 }
 

@@ -43,6 +43,9 @@ ArgParser make_parser() {
                     "tokens per row compared with the float64 reference\n(default 3; 0 skips "
                     "the check)");
   parser.add_flag("warm", "CPU: do not evict the last-level cache before each timed call");
+  parser.add_option("expert-kernel", "KIND",
+                    "CUDA expert kernels: automatic (default), grouped_gemm, weight_stream or "
+                    "cuda_cores");
   parser.add_flag("breakdown",
                   "also time each stage alone (route, plan, gather, experts, combine) and print "
                   "a second table");
@@ -136,6 +139,18 @@ void parse_into(const ArgParser& args, BenchOptions* options) {
     } else {
       options->shapes.push_back({kCpuDefaultPreset, preset(kCpuDefaultPreset, 1)});
     }
+  }
+  const std::string kernel = args.value("expert-kernel", "automatic");
+  bool known_kernel = false;
+  for (ExpertKernel k : {ExpertKernel::automatic, ExpertKernel::grouped_gemm,
+                         ExpertKernel::weight_stream, ExpertKernel::cuda_cores}) {
+    if (kernel != expert_kernel_name(k)) continue;
+    known_kernel = true;
+    for (BenchShape& shape : options->shapes) shape.config.expert_kernel = k;
+  }
+  if (!known_kernel) {
+    throw std::invalid_argument("--expert-kernel: expected automatic, grouped_gemm, "
+                                "weight_stream or cuda_cores, got '" + kernel + "'");
   }
   options->tokens = args.has("tokens") ? parse_int_list(args.value("tokens"), "--tokens")
                                        : (cuda ? kCudaDefaultTokens : kCpuDefaultTokens);

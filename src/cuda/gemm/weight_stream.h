@@ -1,0 +1,49 @@
+#pragma once
+// The decode expert path: weight-streaming kernels on CUDA cores for few rows per expert, where the
+// work is reading each selected expert's weights once at full bandwidth and a tensor-core tile
+// (128 rows and up) would be almost all padding.
+//   kernel 1, per (local expert with rows, intermediate column n):
+//       h[r][n] = act(a[r] . w13[e][n]) * (a[r] . w13[e][I + n])   for the expert's rows r
+//   kernel 2, per (local expert with rows, hidden column n):
+//       out[r][n] = h[r] . w2[e][n]
+// One warp owns one output column: it streams that column's weight row(s) once per pass of up to
+// 8 token rows (16-byte loads) and keeps every dot product in fp32, so gate and up are never
+// rounded before the activation (the CPU backend's order of roundings: h once, out once).
+// Blocks whose expert has no rows exit at once: each block first lists the experts with rows, so
+// the grid is sized by a host-known bound (min(E_local, R)), not by E_local.
+// Rows outside every expert's range are neither read nor written; nothing syncs with the host.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/gemm/expert_rows.h"
+#include "ironmoe/types.h"
+
+namespace ironmoe::cuda::gemm {
+
+struct WeightStreamArgs {
+  const void* a = nullptr;  // [R, K = H], row stride a_stride
+  int64_t a_stride = 0;
+  const void* w13 = nullptr;  // [E_local, 2I, H]
+  int64_t w13_expert_stride = 0;
+  void* h = nullptr;  // [R, I], row stride h_stride
+  int64_t h_stride = 0;
+  const void* w2 = nullptr;  // [E_local, H, I]
+  int64_t w2_expert_stride = 0;
+  void* out = nullptr;  // [R, H], row stride out_stride
+  int64_t out_stride = 0;
+  int64_t hidden = 0;
+  int64_t intermediate = 0;
+  DType dtype = DType::bf16;
+  Activation activation = Activation::silu_and_mul;
+};
+
+// bf16 or f16, 16-byte aligned pointers and row strides (H, I and strides multiples of 8), and
+// at most kWeightStreamMaxExperts local experts (their list lives in shared memory).
+inline constexpr int64_t kWeightStreamMaxExperts = 8192;
+bool weight_stream_supports(const WeightStreamArgs& args, int64_t local_experts);
+
+void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args,
+                           cudaStream_t stream);
+
+}  // namespace ironmoe::cuda::gemm
