@@ -263,7 +263,7 @@ void add_batched_cases(std::vector<Case>& cases) {
   }
 }
 
-void add_invariance_cases(std::vector<Case>& cases) {
+void add_invariance_cases(std::vector<Case>& cases, Device device) {
   cases.push_back({"layer/determinism", [](Context& context, Random& random) {
                      const LayerInput input =
                          random_layer(softmax_config(64, 8, 300, DType::bf16), 300, random);
@@ -274,29 +274,42 @@ void add_invariance_cases(std::vector<Case>& cases) {
                                           "second call");
                      return expect.outcome();
                    }});
-  cases.push_back(
-      {"layer/batch-invariance", [](Context& context, Random& random) {
-         // A token's output is the same alone, in a batch of 257 and in a batch of 8.
-         const LayerInput batch =
-             random_layer(softmax_config(64, 8, 257, DType::bf16), 257, random);
-         const LayerRun full = run_layer(context, batch);
-         Expect expect;
-         for (int64_t t : pick_tokens(257, 6, random)) {
-           for (int64_t size : {1, 8}) {
-             const int64_t first = std::min<int64_t>(t, 257 - size);
-             LayerInput part = batch;
-             part.tokens = size;
-             part.x.assign(batch.x.begin() + first * 128, batch.x.begin() + (first + size) * 128);
-             part.logits.assign(batch.logits.begin() + first * 64,
-                                batch.logits.begin() + (first + size) * 64);
-             const LayerRun run = run_layer(context, part);
-             expect_bitwise_equal(
-                 expect, run.out.data() + (t - first) * 128, full.out.data() + t * 128, 128,
-                 "token " + std::to_string(t) + " in a batch of " + std::to_string(size));
-           }
-         }
-         return expect.outcome();
-       }});
+  // A token's output is the same alone, in a batch of 257 and in a batch of 8, for each expert
+  // kernel family the device has (automatic may pick another family for another batch size:
+  // docs/contract.md D1).
+  std::vector<ExpertKernel> kernels = {ExpertKernel::automatic};
+  if (device.is_cuda()) {
+    kernels = {ExpertKernel::grouped_gemm, ExpertKernel::weight_stream, ExpertKernel::cuda_cores};
+  }
+  for (ExpertKernel kernel : kernels) {
+    const std::string name = device.is_cuda() ? std::string("layer/batch-invariance/") +
+                                                    expert_kernel_name(kernel)
+                                              : std::string("layer/batch-invariance");
+    cases.push_back({name, [kernel](Context& context, Random& random) {
+                       MoeConfig config = softmax_config(64, 8, 257, DType::bf16);
+                       config.expert_kernel = kernel;
+                       const LayerInput batch = random_layer(config, 257, random);
+                       const LayerRun full = run_layer(context, batch);
+                       Expect expect;
+                       for (int64_t t : pick_tokens(257, 6, random)) {
+                         for (int64_t size : {1, 8}) {
+                           const int64_t first = std::min<int64_t>(t, 257 - size);
+                           LayerInput part = batch;
+                           part.tokens = size;
+                           part.x.assign(batch.x.begin() + first * 128,
+                                         batch.x.begin() + (first + size) * 128);
+                           part.logits.assign(batch.logits.begin() + first * 64,
+                                              batch.logits.begin() + (first + size) * 64);
+                           const LayerRun run = run_layer(context, part);
+                           expect_bitwise_equal(expect, run.out.data() + (t - first) * 128,
+                                                full.out.data() + t * 128, 128,
+                                                "token " + std::to_string(t) + " in a batch of " +
+                                                    std::to_string(size));
+                         }
+                       }
+                       return expect.outcome();
+                     }});
+  }
   cases.push_back({"layer/strided-rows", [](Context& context, Random& random) {
                      // x and out as rows of wider buffers: same result, gaps left untouched.
                      LayerInput input =
@@ -320,7 +333,7 @@ void add_invariance_cases(std::vector<Case>& cases) {
 
 }  // namespace
 
-std::vector<Case> layer_cases(Device) {
+std::vector<Case> layer_cases(Device device) {
   std::vector<Case> cases;
   add_reference_cases(cases);
   add_size_cases(cases);
@@ -328,7 +341,7 @@ std::vector<Case> layer_cases(Device) {
   add_precomputed_cases(cases);
   add_ep_case(cases);
   add_batched_cases(cases);
-  add_invariance_cases(cases);
+  add_invariance_cases(cases, device);
   return cases;
 }
 
