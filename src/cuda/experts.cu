@@ -116,8 +116,7 @@ ExpertKernel choose_path(ExpertKernel requested, bool sm90_ok, bool stream_ok, i
                     "with H and I multiples of 8, 16-byte aligned buffers and strides and at most ",
                     gemm::kWeightStreamMaxExperts, " local experts");
       return requested;
-    case ExpertKernel::cuda_cores:
-      return requested;
+    case ExpertKernel::cuda_cores: return requested;
   }
   core::fail("experts", kKernelArgument, ": expected automatic, grouped_gemm, weight_stream or ",
              "cuda_cores, got ", static_cast<int>(requested));
@@ -220,18 +219,13 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   streamed.dtype = dtype;
   streamed.activation = args.activation;
 
-  const bool sm90_ok = hopper_shapes && is_sm90(device_index) &&
-                       gemm::sm90_bf16_supports(gemm1) && gemm::sm90_bf16_supports(gemm2);
+  const bool sm90_ok = hopper_shapes && is_sm90(device_index) && gemm::sm90_bf16_supports(gemm1) &&
+                       gemm::sm90_bf16_supports(gemm2);
   const bool stream_ok = gemm::weight_stream_supports(streamed, local_experts);
   switch (choose_path(args.kernel, sm90_ok, stream_ok, rows_total, local_experts, hidden)) {
-    case ExpertKernel::weight_stream:
-      gemm::weight_stream_experts(rows, streamed, stream);
-      return;
-    case ExpertKernel::cuda_cores:
-      run_simt(rows, args, hidden, intermediate, stream);
-      return;
-    default:
-      break;  // grouped_gemm, below
+    case ExpertKernel::weight_stream: gemm::weight_stream_experts(rows, streamed, stream); return;
+    case ExpertKernel::cuda_cores: run_simt(rows, args, hidden, intermediate, stream); return;
+    default: break;  // grouped_gemm, below
   }
   IRONMOE_CHECK(scratch_fits, "experts", "scratch: expected at least ", layout.total,
                 " bytes (expert_scratch_bytes), got ", args.scratch_bytes, " at ", args.scratch);

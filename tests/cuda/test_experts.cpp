@@ -369,9 +369,9 @@ std::vector<ExpertCase> all_cases() {
       if (c.name == name) cases.push_back(forced(c, kStream, "_stream"));
     }
   }
-  cases.push_back(forced(make_case("bf16_mixtral_8x7b_shape", DType::bf16, 4096, 14336,
-                                   {0, 1, 13, 9}),
-                         kStream, "_stream"));
+  cases.push_back(
+      forced(make_case("bf16_mixtral_8x7b_shape", DType::bf16, 4096, 14336, {0, 1, 13, 9}), kStream,
+             "_stream"));
   // Decode-sized counts (one or two rows per expert): automatic picks weight streaming; the
   // grouped GEMM must give the same answers when forced.
   const std::vector<int32_t> decode = {1, 0, 2, 1, 1, 0, 0, 3, 8, 9};
@@ -502,8 +502,8 @@ TEST_F(ExpertsCuda, ScratchIsPureAndChecked) {
 // A forced kernel family that cannot take the operands is an error naming the argument, never a
 // silent fallback to another kernel.
 TEST_F(ExpertsCuda, ForcedKernelThatCannotRunIsAnError) {
-  const std::pair<DType, ExpertKernel> impossible[] = {
-      {DType::f32, ExpertKernel::grouped_gemm}, {DType::f32, ExpertKernel::weight_stream}};
+  const std::pair<DType, ExpertKernel> impossible[] = {{DType::f32, ExpertKernel::grouped_gemm},
+                                                       {DType::f32, ExpertKernel::weight_stream}};
   for (const auto& [dtype, kernel] : impossible) {
     SCOPED_TRACE(expert_kernel_name(kernel));
     ExpertCase c = make_case("forced", dtype, 256, 128, {3, 4});

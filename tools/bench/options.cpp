@@ -149,8 +149,10 @@ void parse_into(const ArgParser& args, BenchOptions* options) {
     for (BenchShape& shape : options->shapes) shape.config.expert_kernel = k;
   }
   if (!known_kernel) {
-    throw std::invalid_argument("--expert-kernel: expected automatic, grouped_gemm, "
-                                "weight_stream or cuda_cores, got '" + kernel + "'");
+    throw std::invalid_argument(
+        "--expert-kernel: expected automatic, grouped_gemm, "
+        "weight_stream or cuda_cores, got '" +
+        kernel + "'");
   }
   options->tokens = args.has("tokens") ? parse_int_list(args.value("tokens"), "--tokens")
                                        : (cuda ? kCudaDefaultTokens : kCpuDefaultTokens);

@@ -282,33 +282,32 @@ void add_invariance_cases(std::vector<Case>& cases, Device device) {
     kernels = {ExpertKernel::grouped_gemm, ExpertKernel::weight_stream, ExpertKernel::cuda_cores};
   }
   for (ExpertKernel kernel : kernels) {
-    const std::string name = device.is_cuda() ? std::string("layer/batch-invariance/") +
-                                                    expert_kernel_name(kernel)
-                                              : std::string("layer/batch-invariance");
-    cases.push_back({name, [kernel](Context& context, Random& random) {
-                       MoeConfig config = softmax_config(64, 8, 257, DType::bf16);
-                       config.expert_kernel = kernel;
-                       const LayerInput batch = random_layer(config, 257, random);
-                       const LayerRun full = run_layer(context, batch);
-                       Expect expect;
-                       for (int64_t t : pick_tokens(257, 6, random)) {
-                         for (int64_t size : {1, 8}) {
-                           const int64_t first = std::min<int64_t>(t, 257 - size);
-                           LayerInput part = batch;
-                           part.tokens = size;
-                           part.x.assign(batch.x.begin() + first * 128,
-                                         batch.x.begin() + (first + size) * 128);
-                           part.logits.assign(batch.logits.begin() + first * 64,
-                                              batch.logits.begin() + (first + size) * 64);
-                           const LayerRun run = run_layer(context, part);
-                           expect_bitwise_equal(expect, run.out.data() + (t - first) * 128,
-                                                full.out.data() + t * 128, 128,
-                                                "token " + std::to_string(t) + " in a batch of " +
-                                                    std::to_string(size));
-                         }
-                       }
-                       return expect.outcome();
-                     }});
+    const std::string name =
+        device.is_cuda() ? std::string("layer/batch-invariance/") + expert_kernel_name(kernel)
+                         : std::string("layer/batch-invariance");
+    cases.push_back(
+        {name, [kernel](Context& context, Random& random) {
+           MoeConfig config = softmax_config(64, 8, 257, DType::bf16);
+           config.expert_kernel = kernel;
+           const LayerInput batch = random_layer(config, 257, random);
+           const LayerRun full = run_layer(context, batch);
+           Expect expect;
+           for (int64_t t : pick_tokens(257, 6, random)) {
+             for (int64_t size : {1, 8}) {
+               const int64_t first = std::min<int64_t>(t, 257 - size);
+               LayerInput part = batch;
+               part.tokens = size;
+               part.x.assign(batch.x.begin() + first * 128, batch.x.begin() + (first + size) * 128);
+               part.logits.assign(batch.logits.begin() + first * 64,
+                                  batch.logits.begin() + (first + size) * 64);
+               const LayerRun run = run_layer(context, part);
+               expect_bitwise_equal(
+                   expect, run.out.data() + (t - first) * 128, full.out.data() + t * 128, 128,
+                   "token " + std::to_string(t) + " in a batch of " + std::to_string(size));
+             }
+           }
+           return expect.outcome();
+         }});
   }
   cases.push_back({"layer/strided-rows", [](Context& context, Random& random) {
                      // x and out as rows of wider buffers: same result, gaps left untouched.

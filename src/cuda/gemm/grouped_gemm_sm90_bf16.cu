@@ -225,8 +225,9 @@ void sm90_bf16_write_problem_lists(const ExpertRows& rows, const Sm90GemmOperand
   constexpr int kThreads = 128;
   constexpr int64_t kClearBlocks = 32;  // ~80 KB of descriptors: a few stores per thread
   const int64_t expert_blocks = (rows.num_experts + kThreads - 1) / kThreads;
-  const dim3 grid(static_cast<unsigned>(expert_blocks > kClearBlocks ? expert_blocks : kClearBlocks),
-                  static_cast<unsigned>(count + 1));
+  const dim3 grid(
+      static_cast<unsigned>(expert_blocks > kClearBlocks ? expert_blocks : kClearBlocks),
+      static_cast<unsigned>(count + 1));
   write_problem_lists_kernel<<<grid, kThreads, 0, stream>>>(rows, writes, clear);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }

@@ -36,7 +36,8 @@ __device__ int list_active_experts(const ExpertRows& rows, int* active) {
     __syncthreads();
     int position = listed;
     for (int w = 0; w < warp; ++w) position += warp_counts[w];
-    if (owns_rows) active[position + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int>(expert);
+    if (owns_rows)
+      active[position + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int>(expert);
     __syncthreads();  // every thread has read `listed` and the warp counts
     if (threadIdx.x == 0) {
       for (int w = 0; w < kWarps; ++w) listed += warp_counts[w];
@@ -82,8 +83,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     stream_gate_up(ExpertRows rows, const T* __restrict__ a, int64_t a_stride,
                    const T* __restrict__ w13, int64_t w13_expert_stride, T* __restrict__ h,
-                   int64_t h_stride, int64_t intermediate, int64_t hidden,
-                   Activation activation) {
+                   int64_t h_stride, int64_t intermediate, int64_t hidden, Activation activation) {
   extern __shared__ int active[];
   int64_t expert = 0, column = 0;
   RowRange range;
@@ -185,8 +185,8 @@ bool weight_stream_supports(const WeightStreamArgs& args, int64_t local_experts)
   const bool shapes = args.hidden % kVec == 0 && args.intermediate % kVec == 0 &&
                       args.a_stride % kVec == 0 && args.h_stride % kVec == 0 &&
                       args.w13_expert_stride % kVec == 0 && args.w2_expert_stride % kVec == 0;
-  const bool pointers = aligned16(args.a) && aligned16(args.h) && aligned16(args.w13) &&
-                        aligned16(args.w2);
+  const bool pointers =
+      aligned16(args.a) && aligned16(args.h) && aligned16(args.w13) && aligned16(args.w2);
   return dtype && shapes && pointers && local_experts <= kWeightStreamMaxExperts;
 }
 
