@@ -1,0 +1,84 @@
+"""Typed wrappers and fake (meta) implementations of the torch.ops.ironmoe ops.
+
+Conventions are vLLM's: ``w1`` is ``[E_local, 2I, H]`` (gate rows, then up rows), ``w2`` is
+``[E_local, H, I]``, ids are global expert ids and ``expert_begin`` places the local experts in
+``[expert_begin, expert_begin + E_local)``. The robustness contract of docs/contract.md holds:
+NaN logits rank lowest, ids outside the local range contribute zero, duplicated ids are two
+independent slots, every weight returned by ``route`` is finite.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+
+@torch.library.register_fake("ironmoe::route")
+def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, correction_bias=None,
+                num_groups=1, topk_groups=1, routed_scaling_factor=1.0):
+    tokens = router_logits.shape[0]
+    weights = router_logits.new_empty((tokens, top_k), dtype=torch.float32)
+    ids = router_logits.new_empty((tokens, top_k), dtype=torch.int32)
+    return weights, ids
+
+
+@torch.library.register_fake("ironmoe::fused_experts")
+def _fused_experts_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation="silu",
+                        global_num_experts=-1, expert_begin=0):
+    return hidden_states.new_empty((hidden_states.shape[0], hidden_states.shape[-1]))
+
+
+@torch.library.register_fake("ironmoe::fused_experts_out")
+def _fused_experts_out_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation,
+                            global_num_experts, expert_begin, out):
+    return None
+
+
+def route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "softmax",
+          renormalize: bool = True, correction_bias: Optional[torch.Tensor] = None,
+          num_groups: int = 1, topk_groups: int = 1,
+          routed_scaling_factor: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing of ``router_logits`` ``[T, E]``.
+
+    ``scoring`` is ``"softmax"`` (Qwen3, Mixtral), ``"sigmoid"`` or ``"grouped"`` (DeepSeek-V3:
+    sigmoid scores, ``correction_bias`` ``[E]`` used for selection only, the best
+    ``topk_groups`` of ``num_groups`` groups first). Returns ``(topk_weights [T, k] float32,
+    topk_ids [T, k] int32)``: k distinct experts per row, finite weights, ties to the lower id.
+    """
+    return torch.ops.ironmoe.route(router_logits, top_k, scoring, renormalize, correction_bias,
+                                   num_groups, topk_groups, routed_scaling_factor)
+
+
+def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
+                  activation: str = "silu", global_num_experts: int = -1,
+                  expert_begin: int = 0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The expert MLPs and the weighted combine for precomputed routing.
+
+    ``out[t] = sum_j topk_weights[t, j] * (act(x[t] @ w1[e, :I].T) * (x[t] @ w1[e, I:].T)) @
+    w2[e].T`` with ``e = topk_ids[t, j] - expert_begin``; slots whose id is not local add
+    nothing. ``activation`` is ``"silu"`` or ``"gelu"``. ``global_num_experts`` (default: the
+    local count) is E for expert parallelism. ``topk_ids`` may be int32 or int64. Pass ``out``
+    (``[T, H]``, the dtype of ``hidden_states``) to write in place.
+    """
+    if out is None:
+        return torch.ops.ironmoe.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids,
+                                               activation, global_num_experts, expert_begin)
+    torch.ops.ironmoe.fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids,
+                                        activation, global_num_experts, expert_begin, out)
+    return out
+
+
+def fused_moe(hidden_states: torch.Tensor, router_logits: torch.Tensor, w1: torch.Tensor,
+              w2: torch.Tensor, top_k: int, renormalize: bool = True, *,
+              activation: str = "silu", scoring: str = "softmax",
+              correction_bias: Optional[torch.Tensor] = None, num_groups: int = 1,
+              topk_groups: int = 1, routed_scaling_factor: float = 1.0,
+              global_num_experts: int = -1, expert_begin: int = 0,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Routing and experts in one call: ``route`` then ``fused_experts`` (see both)."""
+    weights, ids = route(router_logits, top_k, scoring=scoring, renormalize=renormalize,
+                         correction_bias=correction_bias, num_groups=num_groups,
+                         topk_groups=topk_groups, routed_scaling_factor=routed_scaling_factor)
+    return fused_experts(hidden_states, w1, w2, weights, ids, activation=activation,
+                         global_num_experts=global_num_experts, expert_begin=expert_begin,
+                         out=out)

@@ -1,0 +1,202 @@
+// The PyTorch ops torch.ops.ironmoe.*: thin adapters from at::Tensor to ironmoe's views. Every
+// argument check is the C++ library's own (its ironmoe::Error message reaches Python unchanged as
+// a RuntimeError); this file only converts tensors, allocates the outputs and the workspace with
+// PyTorch's allocator, and picks the stream.
+//
+// This build runs the CPU backend. CUDA tensors are refused with a clear error until the CUDA
+// variant of these adapters has run on a GPU machine (issue 4).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <string>
+
+#include "ironmoe/ironmoe.h"
+
+namespace ironmoe::torch_ops {
+namespace {
+
+DType dtype_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::f32;
+    case at::kBFloat16: return DType::bf16;
+    case at::kHalf: return DType::f16;
+    case at::kInt: return DType::i32;
+    default:
+      throw Error(std::string("ironmoe: ") + name + ": expected float32, bfloat16, float16 or " +
+                  "int32, got " + std::string(c10::toString(t.scalar_type())));
+  }
+}
+
+Device device_of(const at::Tensor& t, const char* name) {
+  if (t.device().is_cpu()) return Device::cpu();
+  throw Error(std::string("ironmoe: ") + name + ": this build of the ironmoe Python package runs " +
+              "on the CPU only; got a tensor on " + t.device().str());
+}
+
+// A view of a tensor whose rows may be strided (2-D) or that must be contiguous (otherwise).
+TensorView view_of(const at::Tensor& t, const char* name) {
+  TensorView v;
+  v.data = t.data_ptr();
+  v.dtype = dtype_of(t, name);
+  v.device = device_of(t, name);
+  if (t.dim() > kMaxDims) {
+    throw Error(std::string("ironmoe: ") + name + ": expected at most 4 dimensions, got " +
+                std::to_string(t.dim()));
+  }
+  v.ndim = static_cast<int>(t.dim());
+  for (int d = 0; d < v.ndim; ++d) {
+    v.shape[static_cast<size_t>(d)] = t.size(d);
+    v.strides[static_cast<size_t>(d)] = t.stride(d);
+  }
+  return v;
+}
+
+// One process-wide pool would be global state; a pool per call costs a thread start per worker,
+// negligible next to a MoE layer on the CPU.
+int cpu_threads() { return static_cast<int>(at::get_num_threads()); }
+
+RoutingConfig routing_config(const std::string& scoring, bool renormalize, int64_t num_groups,
+                             int64_t topk_groups, double routed_scaling_factor) {
+  RoutingConfig routing;
+  if (scoring == "softmax") {
+    routing.kind = RoutingKind::softmax_topk;
+  } else if (scoring == "sigmoid") {
+    routing.kind = RoutingKind::sigmoid_topk;
+  } else if (scoring == "grouped") {
+    routing.kind = RoutingKind::grouped_topk;
+  } else {
+    throw Error("ironmoe: scoring: expected 'softmax', 'sigmoid' or 'grouped', got '" + scoring +
+                "'");
+  }
+  routing.renormalize = renormalize;
+  routing.num_groups = num_groups;
+  routing.topk_groups = topk_groups;
+  routing.routed_scaling_factor = static_cast<float>(routed_scaling_factor);
+  return routing;
+}
+
+Activation activation_of(const std::string& name) {
+  if (name == "silu") return Activation::silu_and_mul;
+  if (name == "gelu") return Activation::gelu_and_mul;
+  throw Error("ironmoe: activation: expected 'silu' or 'gelu', got '" + name + "'");
+}
+
+std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& router_logits, int64_t top_k,
+                                         const std::string& scoring, bool renormalize,
+                                         const std::optional<at::Tensor>& correction_bias,
+                                         int64_t num_groups, int64_t topk_groups,
+                                         double routed_scaling_factor) {
+  if (router_logits.dim() != 2) {
+    throw Error("ironmoe::route: router_logits: expected a [T, E] tensor, got " +
+                std::to_string(router_logits.dim()) + " dimensions");
+  }
+  const int64_t tokens = router_logits.size(0);
+  const auto options = router_logits.options();
+  at::Tensor weights = at::empty({tokens, top_k}, options.dtype(at::kFloat));
+  at::Tensor ids = at::empty({tokens, top_k}, options.dtype(at::kInt));
+  RouteArgs args;
+  args.logits = view_of(router_logits, "router_logits");
+  if (correction_bias.has_value())
+    args.correction_bias = view_of(*correction_bias, "correction_bias");
+  args.topk_ids = view_of(ids, "topk_ids");
+  args.topk_weights = view_of(weights, "topk_weights");
+  ThreadPool threads(cpu_threads());
+  ironmoe::route(
+      routing_config(scoring, renormalize, num_groups, topk_groups, routed_scaling_factor), args,
+      Stream::cpu(&threads));
+  return {weights, ids};
+}
+
+// Engines hand over int64 ids as often as int32 ones. Every id outside int32 is outside [0, E)
+// as well, so clamping to [-1, E] keeps its meaning ("not a local expert") exactly.
+at::Tensor ids_as_int32(const at::Tensor& ids, int64_t num_experts) {
+  if (ids.scalar_type() == at::kInt) return ids.contiguous();
+  if (ids.scalar_type() != at::kLong) {
+    throw Error("ironmoe::fused_experts: topk_ids: expected int32 or int64, got " +
+                std::string(c10::toString(ids.scalar_type())));
+  }
+  return ids.clamp(-1, num_experts).to(at::kInt).contiguous();
+}
+
+void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, const at::Tensor& w2,
+                       const at::Tensor& topk_weights, const at::Tensor& topk_ids,
+                       const std::string& activation, int64_t global_num_experts,
+                       int64_t expert_begin, at::Tensor& out) {
+  if (hidden_states.dim() != 2 || w1.dim() != 3 || w2.dim() != 3 || topk_ids.dim() != 2) {
+    throw Error(
+        "ironmoe::fused_experts: expected hidden_states [T, H], w1 [E, 2I, H], "
+        "w2 [E, H, I] and topk_ids [T, k]; got " +
+        std::to_string(hidden_states.dim()) + ", " + std::to_string(w1.dim()) + ", " +
+        std::to_string(w2.dim()) + " and " + std::to_string(topk_ids.dim()) + " dimensions");
+  }
+  const int64_t tokens = hidden_states.size(0);
+  const int64_t local_experts = w1.size(0);
+  const int64_t num_experts = global_num_experts < 0 ? local_experts : global_num_experts;
+
+  MoeConfig config;
+  config.hidden = hidden_states.size(1);
+  config.intermediate = w2.size(2);
+  config.num_experts = num_experts;
+  config.top_k = topk_ids.size(1);
+  config.max_tokens = tokens > 0 ? tokens : 1;  // T = 0 is valid and does nothing
+  config.expert_begin = expert_begin;
+  config.expert_end = expert_begin + local_experts;
+  config.activation = activation_of(activation);
+  config.dtype = dtype_of(hidden_states, "hidden_states");
+
+  const Device device = device_of(hidden_states, "hidden_states");
+  const Layer layer(config, device);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(layer.workspace_bytes()) + 256},
+                                   hidden_states.options().dtype(at::kByte));
+  const auto address = reinterpret_cast<uintptr_t>(workspace.data_ptr());
+  void* aligned = reinterpret_cast<void*>((address + 255) / 256 * 256);
+  const at::Tensor ids = ids_as_int32(topk_ids, num_experts);
+  const at::Tensor weights = topk_weights.contiguous();
+
+  Inputs inputs;
+  inputs.x = view_of(hidden_states, "hidden_states");
+  inputs.topk_ids = view_of(ids, "topk_ids");
+  inputs.topk_weights = view_of(weights, "topk_weights");
+  const Weights layer_weights{view_of(w1, "w1"), view_of(w2, "w2")};
+  const Outputs outputs{view_of(out, "out")};
+  ThreadPool threads(cpu_threads());
+  layer.forward(inputs, layer_weights, outputs, Workspace{aligned, layer.workspace_bytes()},
+                Stream::cpu(&threads));
+}
+
+at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
+                         const at::Tensor& w2, const at::Tensor& topk_weights,
+                         const at::Tensor& topk_ids, const std::string& activation,
+                         int64_t global_num_experts, int64_t expert_begin) {
+  at::Tensor out =
+      at::empty({hidden_states.size(0), hidden_states.size(-1)}, hidden_states.options());
+  fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
+                    expert_begin, out);
+  return out;
+}
+
+}  // namespace
+}  // namespace ironmoe::torch_ops
+
+TORCH_LIBRARY(ironmoe, m) {
+  m.def(
+      "route(Tensor router_logits, int top_k, str scoring='softmax', bool renormalize=True, "
+      "Tensor? correction_bias=None, int num_groups=1, int topk_groups=1, "
+      "float routed_scaling_factor=1.0) -> (Tensor, Tensor)");
+  m.def(
+      "fused_experts(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, "
+      "Tensor topk_ids, str activation='silu', int global_num_experts=-1, int expert_begin=0) "
+      "-> Tensor");
+  m.def(
+      "fused_experts_out(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, "
+      "Tensor topk_ids, str activation, int global_num_experts, int expert_begin, "
+      "Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(ironmoe, CPU, m) {
+  m.impl("route", &ironmoe::torch_ops::route);
+  m.impl("fused_experts", &ironmoe::torch_ops::fused_experts);
+  m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out);
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the Python package (pip install ., the PyTorch ops over the CPU backend) and runs its
+# pytest suite (tests/python). Installs torch, pytest and scikit-build-core from PyPI when missing.
+# The package is built against the torch already installed (--no-build-isolation), so the ops
+# and the torch they load into always match.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+missing=()
+"$python" -c "import torch" 2>/dev/null || missing+=("torch>=2.4")
+"$python" -c "import pytest" 2>/dev/null || missing+=(pytest)
+"$python" -c "import scikit_build_core" 2>/dev/null || missing+=("scikit-build-core>=0.10")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "python-test: installing ${missing[*]}"
+  "$python" -m pip install -q "${missing[@]}"
+fi
+"$python" -m pip install -q --no-build-isolation "$root"
+# Run from outside the tree so that the installed package, not python/, is imported.
+cd "$(mktemp -d)"
+"$python" -m pytest -q -W ignore::UserWarning "$root/tests/python"

@@ -1,0 +1,210 @@
+"""torch.ops.ironmoe against plain PyTorch references (a loop over experts), on fresh random
+inputs, plus the contract's hostile cases, argument errors and tracing with the fake kernels.
+
+Tolerance: max over tokens of max |ours - ref| / max |ref| of the token's row, 1e-4 for float32
+(same products, another summation order) and 2e-2 for bfloat16 (h and the output are rounded to
+bfloat16; the reference computes in float64 from the same bfloat16 values).
+"""
+
+import math
+
+import pytest
+import torch
+
+import ironmoe
+
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+
+
+def row_relative_error(out, ref):
+    out, ref = out.double(), ref.double()
+    scale = ref.abs().amax(dim=1).clamp_min(1e-30)
+    return ((out - ref).abs().amax(dim=1) / scale).max().item() if out.numel() else 0.0
+
+
+def reference_experts(x, w1, w2, weights, ids, activation="silu", expert_begin=0):
+    """out[t] = sum_j w[t, j] * mlp_e(x[t]), e = ids[t, j] - expert_begin when local, in float64."""
+    x64, w1_64, w2_64 = x.double(), w1.double(), w2.double()
+    inter = w2.shape[2]
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[t, j]) - expert_begin
+            if e < 0 or e >= w1.shape[0]:
+                continue
+            gate = x64[t] @ w1_64[e, :inter].T
+            up = x64[t] @ w1_64[e, inter:].T
+            act = torch.nn.functional.silu(gate) if activation == "silu" else \
+                torch.nn.functional.gelu(gate)
+            h = (act * up).to(x.dtype).double()  # the library stores h in the storage dtype
+            out[t] += float(weights[t, j]) * (h @ w2_64[e].T)
+    return out
+
+
+def random_problem(gen, tokens, hidden, inter, experts, dtype):
+    x = torch.randn(tokens, hidden, generator=gen).to(dtype)
+    w1 = (torch.randn(experts, 2 * inter, hidden, generator=gen) / math.sqrt(hidden)).to(dtype)
+    w2 = (torch.randn(experts, hidden, inter, generator=gen) / math.sqrt(inter)).to(dtype)
+    return x, w1, w2
+
+
+@pytest.fixture
+def gen(request):
+    g = torch.Generator().manual_seed(abs(hash(request.node.name)) % (2**31))
+    return g
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+@pytest.mark.parametrize("shape", [(1, 64, 32, 8, 2), (37, 128, 96, 16, 4), (130, 96, 64, 6, 6)])
+def test_fused_experts_matches_reference(gen, dtype, activation, shape):
+    tokens, hidden, inter, experts, top_k = shape
+    x, w1, w2 = random_problem(gen, tokens, hidden, inter, experts, dtype)
+    ids = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])
+    weights = torch.rand(tokens, top_k, generator=gen)
+    out = ironmoe.fused_experts(x, w1, w2, weights, ids.int(), activation=activation)
+    ref = reference_experts(x, w1, w2, weights, ids, activation)
+    assert out.dtype == dtype and out.shape == (tokens, hidden)
+    assert row_relative_error(out, ref) <= TOLERANCE[dtype]
+
+
+def test_hostile_ids_duplicates_and_expert_parallel_range(gen):
+    # 16 global experts, this rank owns [4, 12); ids -1, >= E, remote and duplicated.
+    x, w1, w2 = random_problem(gen, 9, 64, 48, 8, torch.float32)
+    ids = torch.tensor([[-1, 3, 4, 4], [16, 100, 11, 12], [5, 5, 5, 5], [0, 1, 2, 3],
+                        [11, 4, -7, 8], [6, 7, 8, 9], [4, 11, 4, 11], [2**30, -2**30, 6, 6],
+                        [12, 13, 14, 15]], dtype=torch.int32)
+    weights = torch.rand(9, 4, generator=gen)
+    out = ironmoe.fused_experts(x, w1, w2, weights, ids, global_num_experts=16, expert_begin=4)
+    ref = reference_experts(x, w1, w2, weights, ids, expert_begin=4)
+    assert row_relative_error(out, ref) <= 1e-4
+    assert torch.all(out[3] == 0) and torch.all(out[8] == 0)  # no local expert: exactly zero
+
+
+def test_int64_ids_outside_int32_are_not_local(gen):
+    x, w1, w2 = random_problem(gen, 3, 32, 16, 4, torch.float32)
+    ids = torch.tensor([[2**40, 1], [-(2**40), 3], [2**31, 2**32 + 1]], dtype=torch.int64)
+    weights = torch.rand(3, 2, generator=gen)
+    out = ironmoe.fused_experts(x, w1, w2, weights, ids)
+    ref = reference_experts(x, w1, w2, weights, torch.tensor([[-1, 1], [-1, 3], [-1, -1]]))
+    assert row_relative_error(out, ref) <= 1e-4
+    assert torch.all(out[2] == 0)
+
+
+def test_out_is_written_in_place_and_rows_may_be_strided(gen):
+    x, w1, w2 = random_problem(gen, 12, 64, 32, 8, torch.bfloat16)
+    wide = torch.randn(12, 80).to(torch.bfloat16)
+    x_strided = wide[:, :64]
+    x_strided.copy_(x)
+    ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(12)]).int()
+    weights = torch.rand(12, 2, generator=gen)
+    out = torch.full((12, 64), float("nan"), dtype=torch.bfloat16)
+    returned = ironmoe.fused_experts(x_strided, w1, w2, weights, ids, out=out)
+    assert returned.data_ptr() == out.data_ptr()
+    assert torch.equal(out, ironmoe.fused_experts(x, w1, w2, weights, ids))
+
+
+def test_zero_tokens_is_valid(gen):
+    x, w1, w2 = random_problem(gen, 0, 32, 16, 4, torch.float32)
+    out = ironmoe.fused_moe(x, torch.randn(0, 4), w1, w2, top_k=2)
+    assert out.shape == (0, 32)
+
+
+def softmax_reference(logits, top_k, renormalize):
+    probs = torch.softmax(logits.double(), dim=1)
+    weights, ids = probs.topk(top_k, dim=1)
+    if renormalize:
+        weights = weights / weights.sum(dim=1, keepdim=True)
+    return weights, ids
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_route_softmax_matches_reference(gen, renormalize):
+    logits = torch.randn(50, 64, generator=gen) * 3
+    weights, ids = ironmoe.route(logits, 8, renormalize=renormalize)
+    ref_weights, ref_ids = softmax_reference(logits, 8, renormalize)
+    assert torch.equal(ids.long(), ref_ids)
+    assert torch.allclose(weights.double(), ref_weights, rtol=1e-5, atol=1e-7)
+
+
+def test_route_grouped_matches_deepseek_reference(gen):
+    tokens, experts, groups, keep, top_k, scale = 20, 64, 8, 4, 6, 2.5
+    logits = torch.randn(tokens, experts, generator=gen)
+    bias = torch.randn(experts, generator=gen) * 0.1
+    weights, ids = ironmoe.route(logits, top_k, scoring="grouped", correction_bias=bias,
+                                 num_groups=groups, topk_groups=keep,
+                                 routed_scaling_factor=scale)
+    scores = torch.sigmoid(logits.double())
+    keys = scores + bias.double()
+    group_scores = keys.view(tokens, groups, -1).topk(2, dim=2).values.sum(dim=2)
+    kept = group_scores.topk(keep, dim=1).indices
+    mask = torch.zeros(tokens, groups, dtype=torch.bool).scatter_(1, kept, True)
+    masked = keys.masked_fill(~mask.repeat_interleave(experts // groups, dim=1), -math.inf)
+    ref_ids = masked.topk(top_k, dim=1).indices
+    ref_weights = scores.gather(1, ref_ids)
+    ref_weights = ref_weights / ref_weights.sum(dim=1, keepdim=True) * scale
+    assert torch.equal(ids.long(), ref_ids)
+    assert torch.allclose(weights.double(), ref_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_route_nan_rows_give_distinct_experts_and_finite_weights():
+    logits = torch.randn(4, 16)
+    logits[0] = float("nan")
+    logits[1, ::2] = float("nan")
+    logits[2] = float("-inf")
+    logits[3] = 1.0  # all equal: ties go to the lower index
+    weights, ids = ironmoe.route(logits, 4)
+    assert torch.isfinite(weights).all()
+    for row in ids:
+        assert len(set(row.tolist())) == 4
+    assert torch.equal(ids[0], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+    assert torch.allclose(weights[0], torch.full((4,), 0.25))
+    assert torch.all(ids[1] % 2 == 1)  # NaN ranks below every number
+    assert torch.equal(ids[3], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+
+
+def test_fused_moe_is_route_then_fused_experts(gen):
+    x, w1, w2 = random_problem(gen, 10, 64, 32, 8, torch.bfloat16)
+    logits = torch.randn(10, 8, generator=gen)
+    weights, ids = ironmoe.route(logits, 2)
+    assert torch.equal(ironmoe.fused_moe(x, logits, w1, w2, top_k=2),
+                       ironmoe.fused_experts(x, w1, w2, weights, ids))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1[:, :10], w2, w, i), "w13"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x.double(), w1, w2, w, i), "hidden_states"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w[:, :1], i), "topk_weights"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w, i, activation="relu"),
+     "activation"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1.bfloat16(), w2, w, i), "w13"),
+    (lambda x, w1, w2, w, i: ironmoe.route(w, 3, scoring="top"), "scoring"),
+])
+def test_bad_arguments_raise_with_the_argument_named(gen, call, message):
+    x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
+    weights = torch.rand(4, 2, generator=gen)
+    ids = torch.randint(0, 4, (4, 2), generator=gen, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=message):
+        call(x, w1, w2, weights, ids)
+
+
+def test_opcheck_schemas_and_fake_kernels(gen):
+    x, w1, w2 = random_problem(gen, 6, 32, 16, 4, torch.float32)
+    logits = torch.randn(6, 4, generator=gen)
+    weights, ids = ironmoe.route(logits, 2)
+    torch.library.opcheck(torch.ops.ironmoe.route.default, (logits, 2))
+    torch.library.opcheck(torch.ops.ironmoe.fused_experts.default, (x, w1, w2, weights, ids))
+    out = torch.empty(6, 32)
+    torch.library.opcheck(torch.ops.ironmoe.fused_experts_out.default,
+                          (x, w1, w2, weights, ids, "silu", -1, 0, out))
+
+
+def test_torch_compile_fullgraph(gen):
+    x, w1, w2 = random_problem(gen, 8, 64, 32, 8, torch.float32)
+    logits = torch.randn(8, 8, generator=gen)
+
+    def layer(x, logits):
+        return ironmoe.fused_moe(x, logits, w1, w2, top_k=2) * 2.0
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x, logits), layer(x, logits))
