@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python package (pip install ., the PyTorch ops over the CPU backend) and runs its
-# pytest suite (tests/python). Installs torch, pytest and scikit-build-core from PyPI when missing.
+# pytest suite (tests/python). Installs torch, pytest, scikit-build-core and transformers from PyPI
+# when missing.
 # The package is built against the torch already installed (--no-build-isolation), so the ops
 # and the torch they load into always match.
 set -euo pipefail
@@ -12,6 +13,8 @@ missing=()
 "$python" -c "import torch" 2>/dev/null || missing+=("torch>=2.4")
 "$python" -c "import pytest" 2>/dev/null || missing+=(pytest)
 "$python" -c "import scikit_build_core" 2>/dev/null || missing+=("scikit-build-core>=0.10")
+# The transformers integration's tests need it (an optional dependency of the package).
+"$python" -c "import transformers" 2>/dev/null || missing+=("transformers>=5")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "python-test: installing ${missing[*]}"
   "$python" -m pip install -q "${missing[@]}"

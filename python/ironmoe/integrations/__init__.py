@@ -1,0 +1,1 @@
+"""Integrations of ironmoe's ops into model libraries (optional dependencies)."""
