@@ -87,6 +87,13 @@ std::string row_json(const BenchRow& row, const BenchOptions& options) {
   json.add("device", device_label(options.device)).add("dtype", dtype_name(options.dtype));
   if (!row.skipped.empty()) return json.add("skipped", row.skipped).str();
   const double seconds = row.timing.median_s;
+  const MoeConfig& c = row.config;
+  json.add("hidden", c.hidden).add("intermediate", c.intermediate);
+  json.add("num_experts", c.num_experts).add("top_k", c.top_k);
+  json.add("routing", routing_kind_name(c.routing.kind));
+  json.add("num_groups", c.routing.num_groups).add("topk_groups", c.routing.topk_groups);
+  json.add("renormalize", c.routing.renormalize);
+  json.add("routed_scaling_factor", static_cast<double>(c.routing.routed_scaling_factor));
   json.add("experts_used", row.experts_used).add("valid_slots", row.valid_slots);
   json.add("median_us", seconds * 1e6).add("min_us", row.timing.min_s * 1e6);
   json.add("iters", static_cast<int64_t>(row.timing.iters));

@@ -50,6 +50,7 @@ BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings
 
   BenchRow row;
   row.shape = problem.shape.name;
+  row.config = config;
   row.tokens = tokens;
   row.workspace_bytes = layer.workspace_bytes();
 

@@ -25,6 +25,7 @@ constexpr int kStageCount = 5;
 
 struct BenchRow {
   std::string shape;
+  MoeConfig config;  // the shape's config as run (max_tokens = tokens)
   int64_t tokens = 0;
   std::string skipped;       // why the row was not run; empty when it was
   int64_t experts_used = 0;  // distinct experts the routing selected
