@@ -102,10 +102,10 @@ std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& router_logits, int64_
     args.correction_bias = view_of(*correction_bias, "correction_bias");
   args.topk_ids = view_of(ids, "topk_ids");
   args.topk_weights = view_of(weights, "topk_weights");
-  ThreadPool threads(cpu_threads());
+  // Routing is a few hundred operations per token: the calling thread alone, no pool to start.
   ironmoe::route(
       routing_config(scoring, renormalize, num_groups, topk_groups, routed_scaling_factor), args,
-      Stream::cpu(&threads));
+      Stream::cpu());
   return {weights, ids};
 }
 
