@@ -97,6 +97,23 @@ TEST_P(Determinism, TokenAloneAndInsideABatchGiveTheSameBits) {
   }
 }
 
+// Layer::stages() hands out exactly what forward() runs: the stages run one by one by the caller
+// give forward()'s bits and diagnostics, from logits and from precomputed routing.
+TEST_P(Determinism, StagesRunOneByOneGiveForwardsBits) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  for (bool from_logits : {true, false}) {
+    SCOPED_TRACE(from_logits ? "router logits" : "precomputed routing");
+    LayerProblem p = make_problem(config(), 77, from_logits, rng);
+    p.num_valid = 70;
+    ThreadPool pool(2);
+    const LayerRun forward = run_layer(p, &pool);
+    const LayerRun staged = run_layer(p, &pool, nullptr, true);
+    EXPECT_EQ(first_difference(forward.out, staged.out), -1) << "stages differ at element";
+    EXPECT_EQ(forward.diagnostics, staged.diagnostics);
+  }
+}
+
 TEST_P(Determinism, ThreadPoolSizeDoesNotChangeBits) {
   Rng rng = Rng::for_current_test();
   SCOPED_TRACE("seed " + std::to_string(rng.seed()));

@@ -163,7 +163,7 @@ LayerProblem shard_of(const LayerProblem& full, int64_t expert_begin, int64_t ex
 }
 
 LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
-                   std::shared_ptr<AlignedBuffer> workspace) {
+                   std::shared_ptr<AlignedBuffer> workspace, bool by_stages) {
   const MoeConfig& c = p.config;
   const Layer layer(c, Device::cpu());
   LayerRun run;
@@ -191,7 +191,18 @@ LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
   w.w2 = TensorView::contiguous(p.w2.data(), c.dtype, {local, c.hidden, c.intermediate});
   Outputs out;
   out.out = TensorView::contiguous(run.out.data(), c.dtype, {p.tokens, c.hidden});
-  layer.forward(in, w, out, {run.workspace->data(), run.workspace->bytes()}, Stream::cpu(threads));
+  const Workspace space{run.workspace->data(), run.workspace->bytes()};
+  const Stream stream = Stream::cpu(threads);
+  if (!by_stages) {
+    layer.forward(in, w, out, space, stream);
+    return run;
+  }
+  const LayerStages s = layer.stages(in, w, out, space, stream);
+  if (s.has_route) route(s.routing, s.route, stream);
+  plan(s.plan, stream);
+  gather(s.gather, stream);
+  experts(s.experts, stream);
+  combine(s.combine, stream);
   return run;
 }
 

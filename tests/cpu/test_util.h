@@ -109,9 +109,10 @@ struct LayerRun {
 };
 
 // Runs Layer::forward on the CPU (diagnostics zeroed before the call), in `workspace` when given
-// (to reuse one left dirty by an earlier call), else in a fresh one filled with 0xA5.
+// (to reuse one left dirty by an earlier call), else in a fresh one filled with 0xA5. With
+// `by_stages`, runs the stages of Layer::stages() one by one instead of calling forward().
 LayerRun run_layer(const LayerProblem& problem, ThreadPool* threads = nullptr,
-                   std::shared_ptr<AlignedBuffer> workspace = nullptr);
+                   std::shared_ptr<AlignedBuffer> workspace = nullptr, bool by_stages = false);
 
 // Reference output [T, H] in float64 (routing by reference::route when the problem has logits).
 // round_intermediate defaults to "the storage dtype is bf16".
