@@ -90,7 +90,7 @@ for pid in "${pids[@]}"; do
 done
 for tool in "${tools[@]}"; do
   cat "$log.$tool" >>"$log"
-  cat "$log.$tool.summary" | tee -a "$log"
+  tee -a "$log" <"$log.$tool.summary"
   rm -f "$log.$tool" "$log.$tool.summary"
 done
 exit $status

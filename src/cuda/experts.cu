@@ -97,7 +97,7 @@ bool prefer_weight_stream(int64_t rows_total, int64_t local_experts, int64_t hid
   return rows_total <= 16 && 4 * rows_total <= local_experts && hidden <= 4096;
 }
 
-const char* kKernelArgument = "kernel (config.expert_kernel)";
+constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";
 
 ExpertKernel choose_path(ExpertKernel requested, bool sm90_ok, bool stream_ok, int64_t rows_total,
                          int64_t local_experts, int64_t hidden) {

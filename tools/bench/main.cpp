@@ -57,8 +57,8 @@ void print_table(const std::vector<BenchRow>& rows, DType dtype, std::ostream& o
   table.print(out);
 }
 
-// Per-stage medians (--breakdown): each stage timed alone, their sum, and what the whole call
-// takes beyond that sum (launch gaps between stages on the GPU, or the stages overlapping less).
+// Per-stage medians (--breakdown): each stage timed alone, their sum, and the whole call's median
+// beside it (on the GPU each stage alone pays a graph launch the whole call overlaps).
 void print_breakdown(const std::vector<BenchRow>& rows, std::ostream& out) {
   std::vector<Table::Column> columns = {{"preset", false}, {"tokens"}};
   for (const char* name : kStageNames) columns.push_back({std::string(name) + " us"});

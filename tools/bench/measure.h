@@ -2,6 +2,7 @@
 // One row of the benchmark: the layer for one shape at one token count, timed, checked against
 // the reference and set against the measured floor.
 #include <cstdint>
+#include <iterator>
 #include <string>
 
 #include "bench/peak.h"
@@ -21,7 +22,7 @@ struct BenchSettings {
 // The stages of Layer::forward, each timed alone (a CUDA graph of that stage only on the GPU),
 // in the order forward() runs them; "experts" is GEMM1, the activation and GEMM2 together.
 inline const char* const kStageNames[] = {"route", "plan", "gather", "experts", "combine"};
-constexpr int kStageCount = 5;
+constexpr int kStageCount = static_cast<int>(std::size(kStageNames));
 
 struct BenchRow {
   std::string shape;
