@@ -7,8 +7,10 @@
 #
 #   scripts/device-check.sh [BUILD_DIR [STEP...]]     (default: build-device, every step)
 #
-# STEP is one of ctest-cuda, ctest-cpu, sanitizers, bench (the build always runs), to spend a
-# device call on part of the check.
+# STEP is one of ctest-cuda, ctest-cpu, sanitizers, bench, python, compare-torch (the build
+# always runs), to spend a device call on part of the check. python builds the Python package
+# with CUDA (pip install against the machine's PyTorch), runs tests/python and
+# examples/hf_moe.py --device cuda; compare-torch runs bench/compare_torch.py over every preset.
 # The machine needs no network: third_party/ (googletest, cutlass) must travel with the tree
 # (scripts/fetch-deps.sh fills it where a registry is reachable).
 set -uo pipefail
@@ -17,7 +19,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
 build=${1:-build-device}
 shift $(($# > 0 ? 1 : 0))
-wanted=" ${*:-ctest-cuda ctest-cpu sanitizers bench} "
+wanted=" ${*:-ctest-cuda ctest-cpu sanitizers bench python compare-torch} "
 want() { [[ "$wanted" == *" $1 "* ]]; }
 out=${OUT:-$root/out}
 mkdir -p "$out"
@@ -70,6 +72,20 @@ bench="$build/tools/ironmoe-bench"
 if want bench; then
   step bench "$bench" --device cuda --preset all --tokens 1,16,64,256,1024,4096,16384 \
     --json "$out/bench.json"
+fi
+# shellcheck disable=SC2317  # called through step
+python_package() {
+  export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 CMAKE_BUILD_PARALLEL_LEVEL=$cores
+  python3 -m pip install -q --no-build-isolation --no-deps "$root" || return 1
+  local rc=0
+  (cd "$(mktemp -d)" && python3 -m pytest -q -rs -W ignore::UserWarning "$root/tests/python") || rc=1
+  python3 "$root/examples/hf_moe.py" --device cuda || rc=1
+  return $rc
+}
+want python && step python python_package
+if want compare-torch; then
+  step compare-torch python3 "$root/bench/compare_torch.py" --bench "$bench" --preset all \
+    --tokens 1,16,64,256,1024,4096,16384 --json "$out/compare_torch.json"
 fi
 
 echo "---" && cat "$summary"

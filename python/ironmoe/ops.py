@@ -33,6 +33,13 @@ def _fused_experts_out_fake(hidden_states, w1, w2, topk_weights, topk_ids, activ
     return None
 
 
+def cuda_enabled() -> bool:
+    """Whether this build accepts CUDA tensors (built with nvcc against a PyTorch with CUDA).
+
+    Without it, CUDA tensors raise a ``RuntimeError`` saying so."""
+    return bool(torch.ops.ironmoe.cuda_enabled())
+
+
 def route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "softmax",
           renormalize: bool = True, correction_bias: Optional[torch.Tensor] = None,
           num_groups: int = 1, topk_groups: int = 1,

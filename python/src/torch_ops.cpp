@@ -3,13 +3,23 @@
 // a RuntimeError); this file only converts tensors, allocates the outputs and the workspace with
 // PyTorch's allocator, and picks the stream.
 //
-// This build runs the CPU backend. CUDA tensors are refused with a clear error until the CUDA
-// variant of these adapters has run on a GPU machine (issue 4).
+// CPU tensors run on the CPU backend with a pool of at::get_num_threads() workers; CUDA tensors
+// (when the package was built with the CUDA backend, IRONMOE_TORCH_CUDA) run on the tensors'
+// device and PyTorch's current stream of that device, so the ops work inside CUDA graph capture
+// and under torch.compile. Nothing here synchronises or allocates outside PyTorch's allocator.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
+#ifndef IRONMOE_TORCH_CUDA
+#define IRONMOE_TORCH_CUDA 0
+#endif
+#if IRONMOE_TORCH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "ironmoe/ironmoe.h"
@@ -31,8 +41,28 @@ DType dtype_of(const at::Tensor& t, const char* name) {
 
 Device device_of(const at::Tensor& t, const char* name) {
   if (t.device().is_cpu()) return Device::cpu();
+#if IRONMOE_TORCH_CUDA
+  if (t.device().is_cuda()) return Device::cuda(t.device().index());
+  throw Error(std::string("ironmoe: ") + name + ": expected a CPU or CUDA tensor, got one on " +
+              t.device().str());
+#else
   throw Error(std::string("ironmoe: ") + name + ": this build of the ironmoe Python package runs " +
-              "on the CPU only; got a tensor on " + t.device().str());
+              "on the CPU only (it was built without nvcc or against a PyTorch without CUDA); " +
+              "got a tensor on " + t.device().str());
+#endif
+}
+
+// Where the work of an op on `anchor`'s device runs: PyTorch's current stream of that device
+// (what CUDA graph capture records), or `threads` on the CPU.
+Stream stream_for(const at::Tensor& anchor, ThreadPool* threads) {
+#if IRONMOE_TORCH_CUDA
+  if (anchor.is_cuda()) {
+    const c10::DeviceIndex index = anchor.device().index();
+    return Stream::cuda(c10::cuda::getCurrentCUDAStream(index).stream(), index);
+  }
+#endif
+  (void)anchor;
+  return Stream::cpu(threads);
 }
 
 // A view of a tensor whose rows may be strided (2-D) or that must be contiguous (otherwise).
@@ -92,6 +122,8 @@ std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& router_logits, int64_
     throw Error("ironmoe::route: router_logits: expected a [T, E] tensor, got " +
                 std::to_string(router_logits.dim()) + " dimensions");
   }
+  device_of(router_logits, "router_logits");  // refuses a device this build cannot run
+  const c10::OptionalDeviceGuard guard(router_logits.device());
   const int64_t tokens = router_logits.size(0);
   const auto options = router_logits.options();
   at::Tensor weights = at::empty({tokens, top_k}, options.dtype(at::kFloat));
@@ -105,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& router_logits, int64_
   // Routing is a few hundred operations per token: the calling thread alone, no pool to start.
   ironmoe::route(
       routing_config(scoring, renormalize, num_groups, topk_groups, routed_scaling_factor), args,
-      Stream::cpu());
+      stream_for(router_logits, nullptr));
   return {weights, ids};
 }
 
@@ -147,6 +179,7 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   config.dtype = dtype_of(hidden_states, "hidden_states");
 
   const Device device = device_of(hidden_states, "hidden_states");
+  const c10::OptionalDeviceGuard guard(hidden_states.device());
   const Layer layer(config, device);
   at::Tensor workspace = at::empty({static_cast<int64_t>(layer.workspace_bytes()) + 256},
                                    hidden_states.options().dtype(at::kByte));
@@ -161,9 +194,10 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   inputs.topk_weights = view_of(weights, "topk_weights");
   const Weights layer_weights{view_of(w1, "w1"), view_of(w2, "w2")};
   const Outputs outputs{view_of(out, "out")};
-  ThreadPool threads(cpu_threads());
+  std::optional<ThreadPool> threads;
+  if (device.type == DeviceType::cpu) threads.emplace(cpu_threads());
   layer.forward(inputs, layer_weights, outputs, Workspace{aligned, layer.workspace_bytes()},
-                Stream::cpu(&threads));
+                stream_for(hidden_states, threads ? &*threads : nullptr));
 }
 
 at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
@@ -176,6 +210,9 @@ at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
                     expert_begin, out);
   return out;
 }
+
+// Whether these ops accept CUDA tensors (the package was built with the CUDA backend).
+bool cuda_enabled() { return IRONMOE_TORCH_CUDA != 0; }
 
 }  // namespace
 }  // namespace ironmoe::torch_ops
@@ -193,6 +230,7 @@ TORCH_LIBRARY(ironmoe, m) {
       "fused_experts_out(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, "
       "Tensor topk_ids, str activation, int global_num_experts, int expert_begin, "
       "Tensor(a!) out) -> ()");
+  m.def("cuda_enabled() -> bool", &ironmoe::torch_ops::cuda_enabled);
 }
 
 TORCH_LIBRARY_IMPL(ironmoe, CPU, m) {
@@ -200,3 +238,11 @@ TORCH_LIBRARY_IMPL(ironmoe, CPU, m) {
   m.impl("fused_experts", &ironmoe::torch_ops::fused_experts);
   m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out);
 }
+
+#if IRONMOE_TORCH_CUDA
+TORCH_LIBRARY_IMPL(ironmoe, CUDA, m) {
+  m.impl("route", &ironmoe::torch_ops::route);
+  m.impl("fused_experts", &ironmoe::torch_ops::fused_experts);
+  m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out);
+}
+#endif

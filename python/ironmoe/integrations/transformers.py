@@ -55,9 +55,12 @@ def _unsupported_reason(module, hidden_states):
         return "a custom gating function"
     if _activation_name(module.act_fn) is None:
         return f"the activation {type(module.act_fn).__name__}"
-    if hidden_states.device.type != "cpu":
+    device = hidden_states.device.type
+    if device == "cuda" and not ironmoe.cuda_enabled():
         return f"tensors on {hidden_states.device} (this build of ironmoe runs on the CPU)"
-    if hidden_states.dtype not in (torch.float32, torch.bfloat16):
+    if device not in ("cpu", "cuda"):
+        return f"tensors on {hidden_states.device}"
+    if hidden_states.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"dtype {hidden_states.dtype}"
     if module.gate_up_proj.dtype != hidden_states.dtype:
         return f"weights in {module.gate_up_proj.dtype} for activations in {hidden_states.dtype}"
