@@ -26,7 +26,8 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 rows = [r for r in rows if r.get("Kernel Name") and r["gpu__time_duration.sum"][0].isdigit()]
 by_name = collections.OrderedDict()
 for r in rows:
-    name = r["Kernel Name"].split("<")[0].split("(")[0]
+    name = r["Kernel Name"].replace("(anonymous namespace)::", "").split("<")[0].split("(")[0]
+    name = name.split()[-1].split("::")[-1]
     by_name.setdefault(name, []).append(r)
 def num(r, key):
     return float(r[key].replace(",", ""))

@@ -13,6 +13,10 @@
 //                 of the tile by a per-warp count table in shared memory, earlier tiles and
 //                 chunks by a running base. Writes slot_to_row for every slot and row_to_slot for
 //                 every placed slot.
+// When every slot fits in one chunk (T * k <= kChunkSlots, every decode and small prefill batch)
+// and row_to_slot is small, plan_single_chunk does the same three steps in one block, one launch
+// instead of three: at those sizes the launches, not the work, are the plan's cost. Its
+// outputs are those of the three kernels, bit for bit (tests/cuda/test_plan.cpp covers both).
 // Grid sizes depend only on the host-side T (and R), never on device data; num_valid_tokens is
 // read on the device; nothing synchronises with the host, so the plan is capturable. Counts use
 // shared-memory atomics (order-free); ranks use none, so every output is deterministic.
@@ -33,6 +37,9 @@ constexpr int kPlanWarps = kPlanThreads / kWarpSize;
 constexpr int64_t kChunkSlots = 8 * kPlanThreads;
 constexpr int kScanThreads = 1024;  // plan_scan: one block
 constexpr int kScanWarps = kScanThreads / kWarpSize;
+// plan_single_chunk also fills row_to_slot alone: beyond this many rows the grid of plan_count
+// does it faster.
+constexpr int64_t kSingleChunkMaxRows = 32 * 1024;
 
 int64_t num_chunks(int64_t slots) { return (slots + kChunkSlots - 1) / kChunkSlots; }
 
@@ -70,6 +77,36 @@ __device__ __forceinline__ int warp_sum(int v) {
   return v;
 }
 
+// Adds the chunk's slots to hist (shared, zeroed, num_local entries) and its skipped ids to the
+// diagnostics; the caller synchronises before reading hist.
+__device__ void count_chunk(const PlanParams& p, int64_t chunk, int* hist) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t valid = core::valid_tokens(p.tokens, p.num_valid_tokens);
+  const int64_t begin = chunk * kChunkSlots;
+  const int64_t end = begin + kChunkSlots < p.slots ? begin + kChunkSlots : p.slots;
+  int out_of_range = 0;
+  int remote = 0;
+  for (int64_t s = begin + tid; s < end; s += kPlanThreads) {
+    if (core::slot_token(s, p.top_k) >= valid) continue;  // padding rows are not counted
+    const int32_t id = p.topk_ids[s];
+    const int e = core::local_expert_of(id, p.expert_begin, p.expert_end);
+    if (e >= 0) {
+      atomicAdd(&hist[e], 1);
+    } else if (id < 0 || id >= p.num_experts) {
+      ++out_of_range;
+    } else {
+      ++remote;
+    }
+  }
+  if (p.diagnostics == nullptr) return;
+  out_of_range = warp_sum(out_of_range);
+  remote = warp_sum(remote);
+  if (tid % kWarpSize == 0) {
+    if (out_of_range > 0) atomicAdd(p.diagnostics + kDiagIdOutOfRange, out_of_range);
+    if (remote > 0) atomicAdd(p.diagnostics + kDiagIdRemote, remote);
+  }
+}
+
 __global__ void __launch_bounds__(kPlanThreads) plan_count_kernel(PlanParams p) {
   extern __shared__ int expert_hist[];  // [num_local]
   const int tid = static_cast<int>(threadIdx.x);
@@ -80,38 +117,15 @@ __global__ void __launch_bounds__(kPlanThreads) plan_count_kernel(PlanParams p) 
 
   for (int e = tid; e < p.num_local; e += kPlanThreads) expert_hist[e] = 0;
   __syncthreads();
-  const int64_t valid = core::valid_tokens(p.tokens, p.num_valid_tokens);
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunkSlots;
-  const int64_t end = begin + kChunkSlots < p.slots ? begin + kChunkSlots : p.slots;
-  int out_of_range = 0;
-  int remote = 0;
-  for (int64_t s = begin + tid; s < end; s += kPlanThreads) {
-    if (core::slot_token(s, p.top_k) >= valid) continue;  // padding rows are not counted
-    const int32_t id = p.topk_ids[s];
-    const int e = core::local_expert_of(id, p.expert_begin, p.expert_end);
-    if (e >= 0) {
-      atomicAdd(&expert_hist[e], 1);
-    } else if (id < 0 || id >= p.num_experts) {
-      ++out_of_range;
-    } else {
-      ++remote;
-    }
-  }
+  count_chunk(p, blockIdx.x, expert_hist);
   __syncthreads();
   int32_t* row = p.chunk_counts + blockIdx.x * static_cast<int64_t>(p.num_local);
   for (int e = tid; e < p.num_local; e += kPlanThreads) row[e] = expert_hist[e];
-
-  if (p.diagnostics == nullptr) return;
-  out_of_range = warp_sum(out_of_range);
-  remote = warp_sum(remote);
-  if (tid % kWarpSize == 0) {
-    if (out_of_range > 0) atomicAdd(p.diagnostics + kDiagIdOutOfRange, out_of_range);
-    if (remote > 0) atomicAdd(p.diagnostics + kDiagIdRemote, remote);
-  }
 }
 
-// Exclusive prefix of `value` over the block's threads in thread order; `total` gets the block's
-// sum. `warp_sums` is shared; the caller synchronises before the next call reuses it.
+// Exclusive prefix of `value` over the block's kWarps * 32 threads in thread order; `total` gets
+// the block's sum. `warp_sums` is shared; the caller synchronises before the next call reuses it.
+template <int kWarps>
 __device__ int block_exclusive_scan(int value, int* warp_sums, int& total) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -123,15 +137,15 @@ __device__ int block_exclusive_scan(int value, int* warp_sums, int& total) {
   if (lane == kWarpSize - 1) warp_sums[warp] = inclusive;
   __syncthreads();
   if (warp == 0) {
-    int warp_inclusive = warp_sums[lane];
+    int warp_inclusive = lane < kWarps ? warp_sums[lane] : 0;
     for (int offset = 1; offset < kWarpSize; offset *= 2) {
       const int below = __shfl_up_sync(kFullMask, warp_inclusive, offset);
       if (lane >= offset) warp_inclusive += below;
     }
-    warp_sums[lane] = warp_inclusive;
+    if (lane < kWarps) warp_sums[lane] = warp_inclusive;
   }
   __syncthreads();
-  total = warp_sums[kScanWarps - 1];
+  total = warp_sums[kWarps - 1];
   return (warp == 0 ? 0 : warp_sums[warp - 1]) + inclusive - value;
 }
 
@@ -190,7 +204,7 @@ __global__ void __launch_bounds__(kScanThreads) plan_scan_kernel(PlanParams p) {
       overflow += total > p.capacity ? total - p.capacity : 0;
     } else {
       int pass_total = 0;
-      const int exclusive = block_exclusive_scan(total, warp_sums, pass_total);
+      const int exclusive = block_exclusive_scan<kScanWarps>(total, warp_sums, pass_total);
       if (owner) {
         p.expert_counts[expert] = total;
         p.expert_offsets[expert] = carry + exclusive;
@@ -208,21 +222,17 @@ __global__ void __launch_bounds__(kScanThreads) plan_scan_kernel(PlanParams p) {
     atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
 }
 
-__global__ void __launch_bounds__(kPlanThreads) plan_scatter_kernel(PlanParams p) {
-  extern __shared__ int scatter_shared[];
-  int* next_rank = scatter_shared;                 // [num_local]: rank of e's next slot
-  int* warp_count = scatter_shared + p.num_local;  // [kPlanWarps][num_local], 0 between tiles
+// Gives every slot of the chunk its row, in slot order. next_rank (shared, num_local) holds the
+// rank within its expert of each expert's first slot in the chunk; warp_count (shared,
+// kPlanWarps * num_local) is zero. Every thread of the block calls it, after a __syncthreads.
+__device__ void scatter_chunk(const PlanParams& p, int64_t chunk, int* next_rank,
+                              int* warp_count) {
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid % kWarpSize;
   const int warp = tid / kWarpSize;
   const int width = p.num_local;
-  const int32_t* chunk_base = p.chunk_counts + blockIdx.x * static_cast<int64_t>(width);
-  for (int e = tid; e < width; e += kPlanThreads) next_rank[e] = chunk_base[e];
-  for (int i = tid; i < kPlanWarps * width; i += kPlanThreads) warp_count[i] = 0;
-  __syncthreads();
-
   const int64_t valid = core::valid_tokens(p.tokens, p.num_valid_tokens);
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunkSlots;
+  const int64_t begin = chunk * kChunkSlots;
   const int64_t end = begin + kChunkSlots < p.slots ? begin + kChunkSlots : p.slots;
   const unsigned lanes_below = (1u << lane) - 1u;
   for (int64_t tile = begin; tile < end; tile += kPlanThreads) {  // uniform over the block
@@ -263,6 +273,66 @@ __global__ void __launch_bounds__(kPlanThreads) plan_scatter_kernel(PlanParams p
   }
 }
 
+__global__ void __launch_bounds__(kPlanThreads) plan_scatter_kernel(PlanParams p) {
+  extern __shared__ int scatter_shared[];
+  int* next_rank = scatter_shared;                 // [num_local]: rank of e's next slot
+  int* warp_count = scatter_shared + p.num_local;  // [kPlanWarps][num_local], 0 between tiles
+  const int tid = static_cast<int>(threadIdx.x);
+  const int32_t* chunk_base = p.chunk_counts + blockIdx.x * static_cast<int64_t>(p.num_local);
+  for (int e = tid; e < p.num_local; e += kPlanThreads) next_rank[e] = chunk_base[e];
+  for (int i = tid; i < kPlanWarps * p.num_local; i += kPlanThreads) warp_count[i] = 0;
+  __syncthreads();
+  scatter_chunk(p, blockIdx.x, next_rank, warp_count);
+}
+
+// The whole plan in one block when p.chunks <= 1 and p.rows <= kSingleChunkMaxRows: the steps of
+// plan_count, plan_scan and plan_scatter in turn, separated by __syncthreads instead of launches
+// (a block's global writes are visible to the block after a __syncthreads).
+__global__ void __launch_bounds__(kPlanThreads) plan_single_chunk_kernel(PlanParams p) {
+  extern __shared__ int single_shared[];
+  int* counts = single_shared;                  // [num_local], then the ranks of scatter_chunk
+  int* warp_count = single_shared + p.num_local;  // [kPlanWarps][num_local]
+  __shared__ int warp_sums[kPlanWarps];
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t r = tid; r < p.rows; r += kPlanThreads) p.row_to_slot[r] = core::kNoSlot;
+  for (int e = tid; e < p.num_local; e += kPlanThreads) counts[e] = 0;
+  for (int i = tid; i < kPlanWarps * p.num_local; i += kPlanThreads) warp_count[i] = 0;
+  __syncthreads();
+  if (p.chunks > 0) count_chunk(p, 0, counts);
+  __syncthreads();
+
+  int carry = 0;     // contiguous: rows of the experts of earlier passes
+  int overflow = 0;  // batched: slots beyond capacity, per thread
+  for (int first = 0; first < p.num_local; first += kPlanThreads) {  // uniform over the block
+    const int expert = first + tid;
+    const bool owner = expert < p.num_local;
+    const int total = owner ? counts[expert] : 0;
+    int pass_total = 0;
+    const int exclusive = block_exclusive_scan<kPlanWarps>(total, warp_sums, pass_total);
+    if (owner && p.batched) {
+      p.expert_counts[expert] = total < p.capacity ? total : p.capacity;
+      p.expert_offsets[expert] = static_cast<int>(core::batched_first_row(expert, p.capacity));
+      overflow += total > p.capacity ? total - p.capacity : 0;
+    } else if (owner) {
+      p.expert_counts[expert] = total;
+      p.expert_offsets[expert] = carry + exclusive;
+    }
+    carry += pass_total;
+    __syncthreads();  // warp_sums is reused by the next pass
+  }
+  if (tid == 0) {
+    p.expert_offsets[p.num_local] =
+        p.batched ? static_cast<int>(core::batched_first_row(p.num_local, p.capacity)) : carry;
+  }
+  overflow = warp_sum(overflow);
+  if (tid % kWarpSize == 0 && overflow > 0 && p.diagnostics != nullptr)
+    atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
+
+  for (int e = tid; e < p.num_local; e += kPlanThreads) counts[e] = 0;  // the chunk's first ranks
+  __syncthreads();
+  if (p.chunks > 0) scatter_chunk(p, 0, counts, warp_count);
+}
+
 }  // namespace
 
 size_t plan_scratch_bytes(int64_t max_tokens, int64_t top_k, int64_t num_local_experts,
@@ -300,12 +370,18 @@ void plan(const PlanArgs& args, void* stream) {
                            " local experts (a count table per warp)";
   const size_t count_shared = static_cast<size_t>(p.num_local) * sizeof(int);
   const size_t scatter_shared = (kPlanWarps + 1) * count_shared;
+  const cudaStream_t cuda_stream = as_cuda_stream(stream);
+  if (p.chunks <= 1 && p.rows <= kSingleChunkMaxRows) {
+    reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_single_chunk_kernel),
+                                  scatter_shared, where, what.c_str());
+    plan_single_chunk_kernel<<<1, kPlanThreads, scatter_shared, cuda_stream>>>(p);
+    IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
+    return;
+  }
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_count_kernel), count_shared,
                                 where, what.c_str());
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_scatter_kernel), scatter_shared,
                                 where, what.c_str());
-
-  const cudaStream_t cuda_stream = as_cuda_stream(stream);
   const int64_t fill_blocks = num_chunks(p.rows) < 1024 ? num_chunks(p.rows) : 1024;
   const int64_t count_blocks = p.chunks > fill_blocks ? p.chunks : fill_blocks;
   if (count_blocks > 0) {

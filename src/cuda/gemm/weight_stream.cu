@@ -13,11 +13,20 @@
 namespace ironmoe::cuda::gemm {
 namespace {
 
-constexpr int kWarps = 8;  // output columns per block, one per warp
+constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerPass = 8;  // token rows that share one read of a weight row
-constexpr int kVec = 8;          // 16-bit elements per 16-byte access
+// Four blocks of 256 threads per SM (64 registers a thread): enough warps, each with
+// kStepsPerLoad * (weight rows) 16-byte loads in flight, to keep HBM busy (ncu on an H100: at 80
+// registers and one column per warp, 3 blocks per SM, two waves and 2.1 TB/s for gate/up).
+constexpr int kMinBlocksPerSm = 4;
+constexpr int kRowsPerPass = 4;    // token rows that share one read of a weight row
+constexpr int kVec = 8;            // 16-bit elements per 16-byte access
 constexpr int kWarpStride = 32 * kVec;
+constexpr int kStepsPerLoad = 2;   // warp strides of K whose weights are loaded before any use
+// Output columns per warp: gate/up reads two weight rows per column, down one; both read four
+// rows at a time, so a warp has 8 loads in flight and the grid fits in about one wave.
+constexpr int kGateUpColumns = 2;
+constexpr int kDownColumns = 4;
 
 // Writes the ids of the local experts that own rows, in increasing order, to `active` (shared,
 // rows.num_experts entries) and returns how many there are. Every thread of the block calls it.
@@ -68,55 +77,88 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// The (expert, column) of this warp, or false when the block or warp has nothing to do.
+// acc[w][r] += weights[w] . x[r] over K for kRows weight rows and rows_here (<= kRowsPerPass) rows
+// of x. Each lane sums its own elements in increasing k (as before this was unrolled over
+// columns), so a row's result does not depend on the other rows or columns of its warp.
+template <class T, int kRows>
+__device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows], const T* x,
+                                            int64_t x_stride, int64_t rows_here, int64_t k_size,
+                                            float (&acc)[kRows][kRowsPerPass]) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
+    uint4 w[kStepsPerLoad][kRows];
+#pragma unroll
+    for (int step = 0; step < kStepsPerLoad; ++step) {
+      const int64_t k = k0 + step * kWarpStride;
+#pragma unroll
+      for (int row = 0; row < kRows; ++row)
+        w[step][row] = k < k_size ? load16(weights[row] + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int step = 0; step < kStepsPerLoad; ++step) {
+      const int64_t k = k0 + step * kWarpStride;
+      if (k >= k_size) break;
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r) {
+        if (r < rows_here) {
+          const uint4 xr = load16(x + r * x_stride + k);
+#pragma unroll
+          for (int row = 0; row < kRows; ++row) acc[row][r] = dot8<T>(acc[row][r], w[step][row], xr);
+        }
+      }
+    }
+  }
+}
+
+// The expert, row range and first output column of this warp (kColumns columns from there), or
+// false when the block or warp has nothing to do.
+template <int kColumns>
 __device__ __forceinline__ bool warp_task(const ExpertRows& rows, int64_t columns, int* active,
                                           int64_t* expert, RowRange* range, int64_t* column) {
   const int count = list_active_experts(rows, active);
   if (static_cast<int>(blockIdx.y) >= count) return false;
   *expert = active[blockIdx.y];
   *range = expert_row_range(rows, *expert);
-  *column = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  *column = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kColumns;
   return *column < columns;
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     stream_gate_up(ExpertRows rows, const T* __restrict__ a, int64_t a_stride,
                    const T* __restrict__ w13, int64_t w13_expert_stride, T* __restrict__ h,
                    int64_t h_stride, int64_t intermediate, int64_t hidden, Activation activation) {
   extern __shared__ int active[];
-  int64_t expert = 0, column = 0;
+  constexpr int kColumns = kGateUpColumns;
+  int64_t expert = 0, first = 0;
   RowRange range;
-  if (!warp_task(rows, intermediate, active, &expert, &range, &column)) return;
+  if (!warp_task<kColumns>(rows, intermediate, active, &expert, &range, &first)) return;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const T* gate_w = w13 + expert * w13_expert_stride + column * hidden;
-  const T* up_w = gate_w + intermediate * hidden;
+  // Weight rows gate[first + c] then up[first + c]; a column past the end reads the last one
+  // (in bounds) and is not stored.
+  const T* weights[2 * kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    const int64_t column = min(first + c, intermediate - 1);
+    weights[c] = w13 + expert * w13_expert_stride + column * hidden;
+    weights[kColumns + c] = weights[c] + intermediate * hidden;
+  }
   for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
     const int64_t rows_here = min(static_cast<int64_t>(kRowsPerPass), range.count - pass);
-    const T* x = a + (range.begin + pass) * a_stride;
-    float gate[kRowsPerPass] = {};
-    float up[kRowsPerPass] = {};
-#pragma unroll 4
-    for (int64_t k = lane * kVec; k < hidden; k += kWarpStride) {
-      const uint4 wg = load16(gate_w + k);
-      const uint4 wu = load16(up_w + k);
+    float acc[2 * kColumns][kRowsPerPass] = {};
+    stream_rows<T, 2 * kColumns>(weights, a + (range.begin + pass) * a_stride, a_stride,
+                                 rows_here, hidden, acc);
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
 #pragma unroll
       for (int r = 0; r < kRowsPerPass; ++r) {
         if (r < rows_here) {
-          const uint4 xr = load16(x + r * a_stride + k);
-          gate[r] = dot8<T>(gate[r], wg, xr);
-          up[r] = dot8<T>(up[r], wu, xr);
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRowsPerPass; ++r) {
-      if (r < rows_here) {
-        const float g = warp_sum(gate[r]);
-        const float u = warp_sum(up[r]);
-        if (lane == r) {
-          h[(range.begin + pass + r) * h_stride + column] =
-              from_float<T>(gated_activation(g, u, activation));
+          const float g = warp_sum(acc[c][r]);
+          const float u = warp_sum(acc[kColumns + c][r]);
+          if (lane == r * kColumns + c && first + c < intermediate) {
+            h[(range.begin + pass + r) * h_stride + first + c] =
+                from_float<T>(gated_activation(g, u, activation));
+          }
         }
       }
     }
@@ -124,33 +166,36 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     stream_down(ExpertRows rows, const T* __restrict__ h, int64_t h_stride,
                 const T* __restrict__ w2, int64_t w2_expert_stride, T* __restrict__ out,
                 int64_t out_stride, int64_t hidden, int64_t intermediate) {
   extern __shared__ int active[];
-  int64_t expert = 0, column = 0;
+  constexpr int kColumns = kDownColumns;
+  int64_t expert = 0, first = 0;
   RowRange range;
-  if (!warp_task(rows, hidden, active, &expert, &range, &column)) return;
+  if (!warp_task<kColumns>(rows, hidden, active, &expert, &range, &first)) return;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const T* w = w2 + expert * w2_expert_stride + column * intermediate;
+  const T* weights[kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    const int64_t column = min(first + c, hidden - 1);
+    weights[c] = w2 + expert * w2_expert_stride + column * intermediate;
+  }
   for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
     const int64_t rows_here = min(static_cast<int64_t>(kRowsPerPass), range.count - pass);
-    const T* x = h + (range.begin + pass) * h_stride;
-    float sum[kRowsPerPass] = {};
-#pragma unroll 4
-    for (int64_t k = lane * kVec; k < intermediate; k += kWarpStride) {
-      const uint4 wk = load16(w + k);
+    float acc[kColumns][kRowsPerPass] = {};
+    stream_rows<T, kColumns>(weights, h + (range.begin + pass) * h_stride, h_stride, rows_here,
+                             intermediate, acc);
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
 #pragma unroll
       for (int r = 0; r < kRowsPerPass; ++r) {
-        if (r < rows_here) sum[r] = dot8<T>(sum[r], wk, load16(x + r * h_stride + k));
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRowsPerPass; ++r) {
-      if (r < rows_here) {
-        const float v = warp_sum(sum[r]);
-        if (lane == r) out[(range.begin + pass + r) * out_stride + column] = from_float<T>(v);
+        if (r < rows_here) {
+          const float v = warp_sum(acc[c][r]);
+          if (lane == r * kColumns + c && first + c < hidden)
+            out[(range.begin + pass + r) * out_stride + first + c] = from_float<T>(v);
+        }
       }
     }
   }
@@ -163,14 +208,19 @@ void launch(const ExpertRows& rows, const WeightStreamArgs& args, cudaStream_t s
   // One grid row per expert that can own rows: never more than the rows themselves.
   const auto expert_slots = static_cast<unsigned>(std::min(rows.num_experts, rows.num_rows));
   const size_t list_bytes = static_cast<size_t>(rows.num_experts) * sizeof(int);
-  const dim3 gate_up_grid(static_cast<unsigned>((args.intermediate + kWarps - 1) / kWarps),
-                          expert_slots);
+  constexpr int64_t kGateUpBlockColumns = kWarps * kGateUpColumns;
+  constexpr int64_t kDownBlockColumns = kWarps * kDownColumns;
+  const dim3 gate_up_grid(
+      static_cast<unsigned>((args.intermediate + kGateUpBlockColumns - 1) / kGateUpBlockColumns),
+      expert_slots);
   stream_gate_up<T><<<gate_up_grid, kThreads, list_bytes, stream>>>(
       rows, static_cast<const T*>(args.a), args.a_stride, static_cast<const T*>(args.w13),
       args.w13_expert_stride, static_cast<T*>(args.h), args.h_stride, args.intermediate,
       args.hidden, args.activation);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
-  const dim3 down_grid(static_cast<unsigned>((args.hidden + kWarps - 1) / kWarps), expert_slots);
+  const dim3 down_grid(
+      static_cast<unsigned>((args.hidden + kDownBlockColumns - 1) / kDownBlockColumns),
+      expert_slots);
   stream_down<T><<<down_grid, kThreads, list_bytes, stream>>>(
       rows, static_cast<const T*>(args.h), args.h_stride, static_cast<const T*>(args.w2),
       args.w2_expert_stride, static_cast<T*>(args.out), args.out_stride, args.hidden,
