@@ -101,19 +101,34 @@ def median_us(fn, device, iters):
     return sorted(times)[len(times) // 2]
 
 
+def uniform(shape, bound, gen, device):
+    """Uniform in [-bound, bound], generated on the device (deepseek-v3's weights are 22 GB)."""
+    values = torch.empty(shape, dtype=torch.bfloat16, device=device)
+    return values.uniform_(-bound, bound, generator=gen)
+
+
+_weights = {}
+
+
+def preset_weights(row, device, gen):
+    """The experts of one preset's shape, made once and kept for all its token counts."""
+    key = (row["num_experts"], row["hidden"], row["intermediate"])
+    if key not in _weights:
+        _weights.clear()  # one preset's weights at a time
+        experts, hidden, inter = key
+        _weights[key] = (uniform((experts, 2 * inter, hidden), math.sqrt(3 / hidden), gen, device),
+                         uniform((experts, hidden, inter), math.sqrt(3 / inter), gen, device))
+    return _weights[key]
+
+
 def time_pipeline(row, device, iters, seed):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    tokens, hidden, inter = row["tokens"], row["hidden"], row["intermediate"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    tokens, hidden = row["tokens"], row["hidden"]
     experts = row["num_experts"]
-
-    def uniform(shape, bound):
-        return ((torch.rand(shape, generator=gen) * 2 - 1) * bound).to(device)
-
-    w13 = uniform((experts, 2 * inter, hidden), math.sqrt(3 / hidden)).bfloat16()
-    w2 = uniform((experts, hidden, inter), math.sqrt(3 / inter)).bfloat16()
-    x = uniform((tokens, hidden), math.sqrt(3)).bfloat16()
-    logits = uniform((tokens, experts), 3.0)
-    bias = uniform((experts,), 0.1)
+    w13, w2 = preset_weights(row, device, gen)
+    x = uniform((tokens, hidden), math.sqrt(3), gen, device)
+    logits = uniform((tokens, experts), 3.0, gen, device).float()
+    bias = uniform((experts,), 0.1, gen, device).float()
     weights, ids = route(logits, row, bias)
     with torch.no_grad():
         after_routing = median_us(lambda: experts_pipeline(x, w13, w2, weights, ids), device,
@@ -121,7 +136,6 @@ def time_pipeline(row, device, iters, seed):
         whole = median_us(lambda: experts_pipeline(x, w13, w2, *route(logits, row, bias)),
                           device, iters)
     used = int(torch.unique(ids).numel())
-    del w13, w2
     return whole, after_routing, used
 
 
