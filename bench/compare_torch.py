@@ -59,7 +59,10 @@ def experts_pipeline(x, w13, w2, weights, ids):
     num_experts, inter = w2.shape[0], w2.shape[2]
     flat = ids.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    offsets = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0).to(torch.int32)
+    # bincount sizes its output from the data (a host sync, not capturable); index_add_ does not.
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device)
+    counts.index_add_(0, flat, torch.ones_like(flat))
+    offsets = torch.cumsum(counts, 0).to(torch.int32)
     rows = x[order // k]
     gate_up = torch._grouped_mm(rows, w13.transpose(-2, -1), offs=offsets)
     h = torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]
