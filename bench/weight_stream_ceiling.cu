@@ -1,0 +1,123 @@
+// How fast can a weight-streaming gate/up kernel be at qwen3-30b-a3b's decode shape (H 2048,
+// I 768, 8 of 128 experts with one row each), and how fast does a plain read of the same 50 MB
+// go? A stand-alone experiment behind the constants of src/cuda/gemm/weight_stream.cu (columns
+// per warp, K strides loaded before use, blocks per SM, and the cost of the per-block expert
+// list): each variant runs 16 times in a CUDA graph over 16 disjoint sets of 8 experts (800 MB,
+// so nothing stays in L2), median of 20 replays. docs/performance.md has the H100 results.
+//
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/weight_stream_ceiling.cu \
+//     -o weight_stream_ceiling && ./weight_stream_ceiling
+#include <cuda_bf16.h>
+#include <cstdio>
+#include <vector>
+#include <algorithm>
+typedef __nv_bfloat16 T;
+constexpr int H = 2048, I = 768, E = 128;
+
+__device__ __forceinline__ uint4 load16(const T* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ float dot8(float s, const uint4& w, const uint4& x) {
+  const T* wv = reinterpret_cast<const T*>(&w); const T* xv = reinterpret_cast<const T*>(&x);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) s = fmaf(__bfloat162float(wv[i]), __bfloat162float(xv[i]), s);
+  return s;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <int kCols, int kSteps, int kMinBlocks, bool kPrologue>
+__global__ void __launch_bounds__(256, kMinBlocks)
+    gate_up(const int* experts, const int* offsets, const T* x, const T* w13, T* h) {
+  if (kPrologue) {  // stand-in for list_active_experts: read E+1 offsets, 3 barriers
+    __shared__ int cnt;
+    if (threadIdx.x == 0) cnt = 0;
+    __syncthreads();
+    if (threadIdx.x < E && offsets[threadIdx.x + 1] > offsets[threadIdx.x]) atomicAdd(&cnt, 1);
+    __syncthreads();
+    if (cnt == 0) return;
+    __syncthreads();
+  }
+  const int e = experts[blockIdx.y];
+  const int lane = threadIdx.x & 31;
+  const int first = (blockIdx.x * 8 + (threadIdx.x >> 5)) * kCols;
+  if (first >= I) return;
+  constexpr int R = 2 * kCols;
+  const T* w[R];
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    w[c] = w13 + (size_t)e * 2 * I * H + (size_t)(first + c) * H;
+    w[kCols + c] = w[c] + (size_t)I * H;
+  }
+  float acc[R] = {};
+  for (int k0 = lane * 8; k0 < H; k0 += kSteps * 256) {
+    uint4 wv[kSteps][R];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[s][r] = (k0 + s * 256 < H) ? load16(w[r] + k0 + s * 256) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      if (k0 + s * 256 >= H) break;
+      const uint4 xr = load16(x + k0 + s * 256);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = dot8(acc[r], wv[s][r], xr);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    float g = warp_sum(acc[c]), u = warp_sum(acc[kCols + c]);
+    if (lane == c) h[blockIdx.y * I + first + c] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+__global__ void read_all(const uint4* p, size_t n, float* out) {
+  float s = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    uint4 v = __ldg(p + i); s += __uint_as_float(v.x ^ v.y ^ v.z ^ v.w);
+  }
+  if (s == 1.2345f) out[0] = s;
+}
+
+int main() {
+  T *w13, *x, *h; int *experts, *offsets; float* out;
+  size_t wbytes = (size_t)E * 2 * I * H * sizeof(T);
+  cudaMalloc(&w13, wbytes); cudaMemset(w13, 0, wbytes);
+  cudaMalloc(&x, H * sizeof(T)); cudaMemset(x, 0, H * sizeof(T));
+  cudaMalloc(&h, 8 * I * sizeof(T)); cudaMalloc(&out, 4);
+  std::vector<int> ids(E); for (int i = 0; i < E; ++i) ids[i] = (i * 37) % E;
+  cudaMalloc(&experts, E * sizeof(int)); cudaMemcpy(experts, ids.data(), E * sizeof(int), cudaMemcpyHostToDevice);
+  std::vector<int> off(E + 1); for (int i = 0; i <= E; ++i) off[i] = i < 8 ? i : 8;
+  cudaMalloc(&offsets, (E + 1) * sizeof(int)); cudaMemcpy(offsets, off.data(), (E + 1) * 4, cudaMemcpyHostToDevice);
+  cudaStream_t st; cudaStreamCreate(&st);
+  cudaEvent_t a, b; cudaEventCreate(&a); cudaEventCreate(&b);
+  const double bytes = 8.0 * 2 * I * H * sizeof(T);
+  auto time = [&](const char* name, auto launch) {
+    // 16 groups of 8 experts in turn: 800 MB of weights, no L2 reuse between calls.
+    cudaGraph_t g; cudaGraphExec_t ge;
+    cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal);
+    for (int it = 0; it < 16; ++it) launch(experts + 8 * it);
+    cudaStreamEndCapture(st, &g); cudaGraphInstantiate(&ge, g, 0);
+    cudaGraphLaunch(ge, st);
+    std::vector<float> ms;
+    for (int rep = 0; rep < 20; ++rep) {
+      cudaEventRecord(a, st); cudaGraphLaunch(ge, st); cudaEventRecord(b, st); cudaEventSynchronize(b);
+      float t; cudaEventElapsedTime(&t, a, b); ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    double us = ms[10] * 1e3 / 16;
+    printf("%-40s %7.2f us per call  %5.2f TB/s  (%s)\n", name, us, bytes / us / 1e6, cudaGetErrorString(cudaGetLastError()));
+  };
+#define V(C, S, M, P) time(#C " cols " #S " steps " #M " blocks/SM prologue " #P, [&](const int* ex) { \
+    gate_up<C, S, M, P><<<dim3((I + 8 * C - 1) / (8 * C), 8), 256, 0, st>>>(ex, offsets, x, w13, h); })
+  V(1, 4, 3, false); V(1, 4, 3, true); V(1, 8, 2, false); V(2, 2, 4, false); V(2, 2, 4, true); V(2, 4, 3, false);
+  V(2, 4, 2, false); V(4, 1, 4, false); V(4, 2, 2, false); V(1, 2, 8, false); V(1, 1, 8, false);
+  time("read 50 MB, 132*8 blocks of 256", [&](const int* ex) {
+    size_t off = (size_t)(ex - experts) / 8 * 8 * 2 * I * H;
+    read_all<<<132 * 8, 256, 0, st>>>(reinterpret_cast<const uint4*>(w13 + off), bytes / 16, out); });
+  time("read 50 MB, 132*4 blocks of 512", [&](const int* ex) {
+    size_t off = (size_t)(ex - experts) / 8 * 8 * 2 * I * H;
+    read_all<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(w13 + off), bytes / 16, out); });
+  return 0;
+}
