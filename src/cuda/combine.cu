@@ -13,6 +13,7 @@
 #include "core/routing_rules.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/storage.cuh"
 
 namespace ironmoe::cuda {
@@ -41,6 +42,7 @@ struct alignas(sizeof(T) * Width) Pack {
 
 template <class T, int Width>
 __global__ void __launch_bounds__(kCombineThreads) combine_rows_kernel(CombineParams p) {
+  wait_for_previous_kernel();
   __shared__ int32_t slot_rows[core::kMaxTopK];
   __shared__ float slot_weights[core::kMaxTopK];
   const int64_t token = blockIdx.x;
@@ -78,7 +80,7 @@ void launch_combine(const CombineParams& p, cudaStream_t stream) {
   const int64_t accesses = p.hidden / Width;
   const dim3 grid(static_cast<unsigned>(p.tokens),
                   static_cast<unsigned>((accesses + kCombineThreads - 1) / kCombineThreads));
-  combine_rows_kernel<T, Width><<<grid, kCombineThreads, 0, stream>>>(p);
+  launch_overlapped(combine_rows_kernel<T, Width>, grid, dim3(kCombineThreads), 0, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 

@@ -11,6 +11,7 @@
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/storage.cuh"
 
 namespace ironmoe::cuda {
@@ -31,6 +32,7 @@ struct GatherParams {
 
 template <class Access>
 __global__ void __launch_bounds__(kGatherThreads) gather_rows_kernel(GatherParams p) {
+  wait_for_previous_kernel();
   const int64_t row = blockIdx.x;
   const int64_t i = static_cast<int64_t>(blockIdx.y) * kGatherThreads + threadIdx.x;
   if (i >= p.row_accesses) return;
@@ -47,7 +49,7 @@ void launch_gather(GatherParams p, int64_t rows, cudaStream_t stream) {
   p.row_accesses = p.row_bytes / static_cast<int64_t>(sizeof(Access));
   const dim3 grid(static_cast<unsigned>(rows),
                   static_cast<unsigned>((p.row_accesses + kGatherThreads - 1) / kGatherThreads));
-  gather_rows_kernel<Access><<<grid, kGatherThreads, 0, stream>>>(p);
+  launch_overlapped(gather_rows_kernel<Access>, grid, dim3(kGatherThreads), 0, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 

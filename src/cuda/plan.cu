@@ -26,6 +26,7 @@
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 
 namespace ironmoe::cuda {
 namespace {
@@ -108,6 +109,7 @@ __device__ void count_chunk(const PlanParams& p, int64_t chunk, int* hist) {
 }
 
 __global__ void __launch_bounds__(kPlanThreads) plan_count_kernel(PlanParams p) {
+  wait_for_previous_kernel();
   extern __shared__ int expert_hist[];  // [num_local]
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kPlanThreads;
@@ -154,6 +156,7 @@ __device__ int block_exclusive_scan(int value, int* warp_sums, int& total) {
 // sum plus the totals of the ranges before. Then a block scan over the columns' totals gives the
 // contiguous offsets.
 __global__ void __launch_bounds__(kScanThreads) plan_scan_kernel(PlanParams p) {
+  wait_for_previous_kernel();
   __shared__ int range_sums[kScanThreads];  // [group][column]
   __shared__ int column_totals[kScanThreads];
   __shared__ int warp_sums[kScanWarps];
@@ -274,6 +277,7 @@ __device__ void scatter_chunk(const PlanParams& p, int64_t chunk, int* next_rank
 }
 
 __global__ void __launch_bounds__(kPlanThreads) plan_scatter_kernel(PlanParams p) {
+  wait_for_previous_kernel();
   extern __shared__ int scatter_shared[];
   int* next_rank = scatter_shared;                 // [num_local]: rank of e's next slot
   int* warp_count = scatter_shared + p.num_local;  // [kPlanWarps][num_local], 0 between tiles
@@ -289,6 +293,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_scatter_kernel(PlanParams p
 // plan_count, plan_scan and plan_scatter in turn, separated by __syncthreads instead of launches
 // (a block's global writes are visible to the block after a __syncthreads).
 __global__ void __launch_bounds__(kPlanThreads) plan_single_chunk_kernel(PlanParams p) {
+  wait_for_previous_kernel();
   extern __shared__ int single_shared[];
   int* counts = single_shared;                  // [num_local], then the ranks of scatter_chunk
   int* warp_count = single_shared + p.num_local;  // [kPlanWarps][num_local]
@@ -374,7 +379,8 @@ void plan(const PlanArgs& args, void* stream) {
   if (p.chunks <= 1 && p.rows <= kSingleChunkMaxRows) {
     reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_single_chunk_kernel),
                                   scatter_shared, where, what.c_str());
-    plan_single_chunk_kernel<<<1, kPlanThreads, scatter_shared, cuda_stream>>>(p);
+    launch_overlapped(plan_single_chunk_kernel, dim3(1), dim3(kPlanThreads), scatter_shared,
+                      cuda_stream, p);
     IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
     return;
   }
@@ -385,15 +391,15 @@ void plan(const PlanArgs& args, void* stream) {
   const int64_t fill_blocks = num_chunks(p.rows) < 1024 ? num_chunks(p.rows) : 1024;
   const int64_t count_blocks = p.chunks > fill_blocks ? p.chunks : fill_blocks;
   if (count_blocks > 0) {
-    plan_count_kernel<<<static_cast<unsigned>(count_blocks), kPlanThreads, count_shared,
-                        cuda_stream>>>(p);
+    launch_overlapped(plan_count_kernel, dim3(static_cast<unsigned>(count_blocks)),
+                      dim3(kPlanThreads), count_shared, cuda_stream, p);
     IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
   }
-  plan_scan_kernel<<<1, kScanThreads, 0, cuda_stream>>>(p);
+  launch_overlapped(plan_scan_kernel, dim3(1), dim3(kScanThreads), 0, cuda_stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
   if (p.chunks > 0) {
-    plan_scatter_kernel<<<static_cast<unsigned>(p.chunks), kPlanThreads, scatter_shared,
-                          cuda_stream>>>(p);
+    launch_overlapped(plan_scatter_kernel, dim3(static_cast<unsigned>(p.chunks)),
+                      dim3(kPlanThreads), scatter_shared, cuda_stream, p);
     IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
   }
 }

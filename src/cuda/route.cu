@@ -25,6 +25,7 @@
 #include "core/routing_rules.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/storage.cuh"
 
 namespace ironmoe::cuda {
@@ -219,6 +220,7 @@ __device__ GroupFilter filter_groups(const RouteParams& p, float* keys, int lane
 
 template <class T, int kKeysPerLane>
 __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p) {
+  wait_for_previous_kernel();
   extern __shared__ float shared[];  // grouped_topk: keys and group scores, per warp
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -288,6 +290,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
 // E > kMaxKeysPerLane * 32: per-lane core::TopK lists merged across the warp.
 template <class T>
 __global__ void __launch_bounds__(kRouteThreads) route_topk_long_kernel(RouteParams p) {
+  wait_for_previous_kernel();
   extern __shared__ float shared[];
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -344,7 +347,7 @@ void launch_route(const RouteParams& p, unsigned blocks, size_t shared_bytes, cu
   }
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes, where,
                                 what.c_str());
-  kernel<<<blocks, kRouteThreads, shared_bytes, stream>>>(p);
+  launch_overlapped(kernel, dim3(blocks), dim3(kRouteThreads), shared_bytes, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 

@@ -8,6 +8,7 @@
 #include "cuda/gemm/expert_rows.cuh"
 #include "cuda/gemm/gated_activation.cuh"
 #include "cuda/gemm/weight_stream.h"
+#include "cuda/launch.cuh"
 #include "cuda/storage.cuh"
 
 namespace ironmoe::cuda::gemm {
@@ -128,6 +129,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     stream_gate_up(ExpertRows rows, const T* __restrict__ a, int64_t a_stride,
                    const T* __restrict__ w13, int64_t w13_expert_stride, T* __restrict__ h,
                    int64_t h_stride, int64_t intermediate, int64_t hidden, Activation activation) {
+  wait_for_previous_kernel();
   extern __shared__ int active[];
   constexpr int kColumns = kGateUpColumns;
   int64_t expert = 0, first = 0;
@@ -170,6 +172,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     stream_down(ExpertRows rows, const T* __restrict__ h, int64_t h_stride,
                 const T* __restrict__ w2, int64_t w2_expert_stride, T* __restrict__ out,
                 int64_t out_stride, int64_t hidden, int64_t intermediate) {
+  wait_for_previous_kernel();
   extern __shared__ int active[];
   constexpr int kColumns = kDownColumns;
   int64_t expert = 0, first = 0;
@@ -213,18 +216,18 @@ void launch(const ExpertRows& rows, const WeightStreamArgs& args, cudaStream_t s
   const dim3 gate_up_grid(
       static_cast<unsigned>((args.intermediate + kGateUpBlockColumns - 1) / kGateUpBlockColumns),
       expert_slots);
-  stream_gate_up<T><<<gate_up_grid, kThreads, list_bytes, stream>>>(
-      rows, static_cast<const T*>(args.a), args.a_stride, static_cast<const T*>(args.w13),
-      args.w13_expert_stride, static_cast<T*>(args.h), args.h_stride, args.intermediate,
-      args.hidden, args.activation);
+  launch_overlapped(stream_gate_up<T>, gate_up_grid, dim3(kThreads), list_bytes, stream, rows,
+                    static_cast<const T*>(args.a), args.a_stride, static_cast<const T*>(args.w13),
+                    args.w13_expert_stride, static_cast<T*>(args.h), args.h_stride,
+                    args.intermediate, args.hidden, args.activation);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
   const dim3 down_grid(
       static_cast<unsigned>((args.hidden + kDownBlockColumns - 1) / kDownBlockColumns),
       expert_slots);
-  stream_down<T><<<down_grid, kThreads, list_bytes, stream>>>(
-      rows, static_cast<const T*>(args.h), args.h_stride, static_cast<const T*>(args.w2),
-      args.w2_expert_stride, static_cast<T*>(args.out), args.out_stride, args.hidden,
-      args.intermediate);
+  launch_overlapped(stream_down<T>, down_grid, dim3(kThreads), list_bytes, stream, rows,
+                    static_cast<const T*>(args.h), args.h_stride, static_cast<const T*>(args.w2),
+                    args.w2_expert_stride, static_cast<T*>(args.out), args.out_stride,
+                    args.hidden, args.intermediate);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 
