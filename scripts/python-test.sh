@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python package (pip install .: the PyTorch ops, with CUDA when nvcc and a CUDA PyTorch
-# are there) and runs its
-# pytest suite (tests/python). Installs torch, pytest, scikit-build-core and transformers from PyPI
-# when missing.
+# are there) and runs its pytest suite (tests/python). Installs torch, pytest, scikit-build-core
+# and transformers from PyPI when missing.
 # The package is built against the torch already installed (--no-build-isolation), so the ops
 # and the torch they load into always match.
 set -euo pipefail

@@ -1,7 +1,8 @@
 #pragma once
-// Programmatic dependent launch (Hopper): the stages' kernels are launched so that the next
-// kernel's blocks are scheduled while the current one still runs, instead of after its last block
-// exits and the next launch is processed; at decode sizes those gaps are a large part of a layer.
+// Programmatic dependent launch (Hopper), opt-in (below): the stages' kernels can be launched so
+// that the next kernel's blocks are scheduled while the current one still runs, instead of after
+// its last block exits and the next launch is processed; at decode sizes those gaps are a large
+// part of a layer.
 //
 // The rule that keeps it correct: every kernel launched with launch_overlapped() calls
 // wait_for_previous_kernel() before it touches any memory (griddepcontrol.wait returns once the
@@ -9,8 +10,15 @@
 // its own successor launch, so a kernel that is running knows that the kernel two before it has
 // completed. A plain launch after one of these kernels waits for it as always. CUDA graph capture
 // records these launches as programmatic edges.
+//
+// Off unless IRONMOE_OVERLAP_LAUNCHES=1 is in the environment: without it the kernels launch
+// plainly and their waits return at once. Measured on an H100 (docs/performance.md, 2026-11-24),
+// the overlap saved 1-2 us a layer on qwen3-30b-a3b at 1-64 tokens but cost 3.5 us on
+// qwen3-next-80b-a3b at one token, for a reason not yet found; it stays opt-in until it is.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "cuda/cuda_check.h"
@@ -20,6 +28,14 @@ namespace ironmoe::cuda {
 __device__ __forceinline__ void wait_for_previous_kernel() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+inline bool overlapped_launches_enabled() {
+  static const bool enabled = [] {
+    const char* overlap = std::getenv("IRONMOE_OVERLAP_LAUNCHES");
+    return overlap != nullptr && std::strcmp(overlap, "1") == 0;
+  }();
+  return enabled;
 }
 
 template <class... Params, class... Args>
@@ -34,7 +50,7 @@ void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   config.attrs = &overlap;
-  config.numAttrs = 1;
+  config.numAttrs = overlapped_launches_enabled() ? 1 : 0;
   IRONMOE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
