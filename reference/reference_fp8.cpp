@@ -48,7 +48,7 @@ double quantized(double value, float scale) {
 void quantize_row(Fp8Scheme scheme, float tensor_scale, std::vector<double>& values) {
   const auto n = static_cast<int64_t>(values.size());
   const int64_t group = scheme == Fp8Scheme::block ? kFp8BlockSize : n;
-  for (int64_t first = 0; first < n; first += std::max<int64_t>(group, 1)) {
+  for (int64_t first = 0; first < n; first += group) {  // n = 0: no pass
     const int64_t count = std::min(group, n - first);
     const float scale = scheme == Fp8Scheme::per_tensor
                             ? tensor_scale

@@ -35,6 +35,39 @@ def reference_experts(x, w1, w2, weights, ids, activation="silu", expert_begin=0
     return out
 
 
+def distinct_ids(gen, tokens, experts, top_k):
+    """[tokens, top_k] int32 ids, each row top_k distinct experts."""
+    return torch.stack([torch.randperm(experts, generator=gen)[:top_k]
+                        for _ in range(tokens)]).int()
+
+
+# Rows 0-8 of the hostile-ids cases for 16 global experts of which a rank owns [4, 12): -1, >= E,
+# remote and duplicated ids. Rows 3 and 8 hold no local expert.
+HOSTILE_IDS = [[-1, 3, 4, 4], [16, 100, 11, 12], [5, 5, 5, 5], [0, 1, 2, 3], [11, 4, -7, 8],
+               [6, 7, 8, 9], [4, 11, 4, 11], [2**30, -2**30, 6, 6], [12, 13, 14, 15]]
+
+
+def hostile_logits():
+    """[4, 16] router logits: all NaN, NaN in every even column, all -inf, all equal."""
+    logits = torch.randn(4, 16)
+    logits[0] = float("nan")
+    logits[1, ::2] = float("nan")
+    logits[2] = float("-inf")
+    logits[3] = 1.0  # all equal: ties go to the lower index
+    return logits
+
+
+def check_hostile_routing(weights, ids):
+    """The contract's results for route(hostile_logits(), 4), on CPU tensors."""
+    assert torch.isfinite(weights).all()
+    for row in ids:
+        assert len(set(row.tolist())) == 4
+    assert torch.equal(ids[0], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+    assert torch.allclose(weights[0], torch.full((4,), 0.25))
+    assert torch.all(ids[1] % 2 == 1)  # NaN ranks below every number
+    assert torch.equal(ids[3], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+
+
 def random_problem(gen, tokens, hidden, inter, experts, dtype):
     x = torch.randn(tokens, hidden, generator=gen).to(dtype)
     w1 = (torch.randn(experts, 2 * inter, hidden, generator=gen) / math.sqrt(hidden)).to(dtype)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import ironmoe
-from moe_reference import (TOLERANCE, random_problem, reference_experts, row_relative_error,
+from moe_reference import (HOSTILE_IDS, TOLERANCE, check_hostile_routing, distinct_ids,
+                           hostile_logits, random_problem, reference_experts, row_relative_error,
                            softmax_reference)
 
 pytestmark = pytest.mark.skipif(
@@ -23,18 +24,8 @@ pytestmark = pytest.mark.skipif(
 CUDA = torch.device("cuda")
 
 
-@pytest.fixture
-def gen(request):
-    return torch.Generator().manual_seed(abs(hash(request.node.name)) % (2**31))
-
-
 def on_cuda(*tensors):
     return [t.to(CUDA) for t in tensors]
-
-
-def distinct_ids(gen, tokens, experts, top_k):
-    return torch.stack([torch.randperm(experts, generator=gen)[:top_k]
-                        for _ in range(tokens)]).int()
 
 
 # (tokens, hidden, intermediate, experts, top_k). In bf16 the first two take the weight-streaming
@@ -61,12 +52,9 @@ def test_fused_experts_matches_reference(gen, dtype, activation, shape):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hostile_ids_duplicates_and_expert_parallel_range(gen, dtype):
-    # 16 global experts, this rank owns [4, 12); ids -1, >= E, remote and duplicated, in int64
-    # too (ids outside int32 are not local).
+    # One more row in int64 beyond the shared cases: ids outside int32 are not local.
     x, w1, w2 = random_problem(gen, 10, 64, 48, 8, dtype)
-    ids = torch.tensor([[-1, 3, 4, 4], [16, 100, 11, 12], [5, 5, 5, 5], [0, 1, 2, 3],
-                        [11, 4, -7, 8], [6, 7, 8, 9], [4, 11, 4, 11], [2**30, -2**30, 6, 6],
-                        [12, 13, 14, 15], [2**40, 7, -(2**33), 10]], dtype=torch.int64)
+    ids = torch.tensor(HOSTILE_IDS + [[2**40, 7, -(2**33), 10]], dtype=torch.int64)
     weights = torch.rand(10, 4, generator=gen)
     out = ironmoe.fused_experts(*on_cuda(x, w1, w2, weights, ids), global_num_experts=16,
                                 expert_begin=4)
@@ -116,19 +104,7 @@ def test_route_matches_the_cpu_backend(gen, scoring, groups):
 
 
 def test_route_nan_rows_give_distinct_experts_and_finite_weights():
-    logits = torch.randn(4, 16)
-    logits[0] = float("nan")
-    logits[1, ::2] = float("nan")
-    logits[2] = float("-inf")
-    logits[3] = 1.0  # all equal: ties go to the lower index
-    weights, ids = (t.cpu() for t in ironmoe.route(logits.to(CUDA), 4))
-    assert torch.isfinite(weights).all()
-    for row in ids:
-        assert len(set(row.tolist())) == 4
-    assert torch.equal(ids[0], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
-    assert torch.allclose(weights[0], torch.full((4,), 0.25))
-    assert torch.all(ids[1] % 2 == 1)  # NaN ranks below every number
-    assert torch.equal(ids[3], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+    check_hostile_routing(*(t.cpu() for t in ironmoe.route(hostile_logits().to(CUDA), 4)))
 
 
 def test_runs_on_the_current_stream(gen):

@@ -10,14 +10,9 @@ import pytest
 import torch
 
 import ironmoe
-from moe_reference import (TOLERANCE, random_problem, reference_experts,
-                           row_relative_error, softmax_reference)
-
-
-@pytest.fixture
-def gen(request):
-    g = torch.Generator().manual_seed(abs(hash(request.node.name)) % (2**31))
-    return g
+from moe_reference import (HOSTILE_IDS, TOLERANCE, check_hostile_routing, distinct_ids,
+                           hostile_logits, random_problem, reference_experts, row_relative_error,
+                           softmax_reference)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -26,20 +21,17 @@ def gen(request):
 def test_fused_experts_matches_reference(gen, dtype, activation, shape):
     tokens, hidden, inter, experts, top_k = shape
     x, w1, w2 = random_problem(gen, tokens, hidden, inter, experts, dtype)
-    ids = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])
+    ids = distinct_ids(gen, tokens, experts, top_k)
     weights = torch.rand(tokens, top_k, generator=gen)
-    out = ironmoe.fused_experts(x, w1, w2, weights, ids.int(), activation=activation)
+    out = ironmoe.fused_experts(x, w1, w2, weights, ids, activation=activation)
     ref = reference_experts(x, w1, w2, weights, ids, activation)
     assert out.dtype == dtype and out.shape == (tokens, hidden)
     assert row_relative_error(out, ref) <= TOLERANCE[dtype]
 
 
 def test_hostile_ids_duplicates_and_expert_parallel_range(gen):
-    # 16 global experts, this rank owns [4, 12); ids -1, >= E, remote and duplicated.
     x, w1, w2 = random_problem(gen, 9, 64, 48, 8, torch.float32)
-    ids = torch.tensor([[-1, 3, 4, 4], [16, 100, 11, 12], [5, 5, 5, 5], [0, 1, 2, 3],
-                        [11, 4, -7, 8], [6, 7, 8, 9], [4, 11, 4, 11], [2**30, -2**30, 6, 6],
-                        [12, 13, 14, 15]], dtype=torch.int32)
+    ids = torch.tensor(HOSTILE_IDS, dtype=torch.int32)
     weights = torch.rand(9, 4, generator=gen)
     out = ironmoe.fused_experts(x, w1, w2, weights, ids, global_num_experts=16, expert_begin=4)
     ref = reference_experts(x, w1, w2, weights, ids, expert_begin=4)
@@ -62,7 +54,7 @@ def test_out_is_written_in_place_and_rows_may_be_strided(gen):
     wide = torch.randn(12, 80).to(torch.bfloat16)
     x_strided = wide[:, :64]
     x_strided.copy_(x)
-    ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(12)]).int()
+    ids = distinct_ids(gen, 12, 8, 2)
     weights = torch.rand(12, 2, generator=gen)
     out = torch.full((12, 64), float("nan"), dtype=torch.bfloat16)
     returned = ironmoe.fused_experts(x_strided, w1, w2, weights, ids, out=out)
@@ -106,19 +98,7 @@ def test_route_grouped_matches_deepseek_reference(gen):
 
 
 def test_route_nan_rows_give_distinct_experts_and_finite_weights():
-    logits = torch.randn(4, 16)
-    logits[0] = float("nan")
-    logits[1, ::2] = float("nan")
-    logits[2] = float("-inf")
-    logits[3] = 1.0  # all equal: ties go to the lower index
-    weights, ids = ironmoe.route(logits, 4)
-    assert torch.isfinite(weights).all()
-    for row in ids:
-        assert len(set(row.tolist())) == 4
-    assert torch.equal(ids[0], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
-    assert torch.allclose(weights[0], torch.full((4,), 0.25))
-    assert torch.all(ids[1] % 2 == 1)  # NaN ranks below every number
-    assert torch.equal(ids[3], torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+    check_hostile_routing(*ironmoe.route(hostile_logits(), 4))
 
 
 def test_fused_moe_is_route_then_fused_experts(gen):
