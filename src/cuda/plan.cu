@@ -151,6 +151,45 @@ __device__ int block_exclusive_scan(int value, int* warp_sums, int& total) {
   return (warp == 0 ? 0 : warp_sums[warp - 1]) + inclusive - value;
 }
 
+// Writes expert_counts and expert_offsets for one pass over up to kWarps * 32 experts: the
+// calling thread owns `expert` when `owner`, and `total` is its slot count (0 when not owner).
+// Contiguous: the offsets are a block scan of the totals after the `carry` rows of earlier passes,
+// and carry grows by this pass's rows. Batched: expert e's rows start at e * capacity, its count
+// is capped at capacity and the slots beyond are added to `overflow`. Every thread of the block
+// calls it for the same pass; the caller synchronises before the next pass reuses warp_sums.
+template <int kWarps>
+__device__ void write_expert_ranges(const PlanParams& p, int expert, bool owner, int total,
+                                    int* warp_sums, int& carry, int& overflow) {
+  if (p.batched) {  // uniform over the block
+    if (!owner) return;
+    p.expert_counts[expert] = total < p.capacity ? total : p.capacity;
+    p.expert_offsets[expert] = static_cast<int>(core::batched_first_row(expert, p.capacity));
+    overflow += total > p.capacity ? total - p.capacity : 0;
+    return;
+  }
+  int pass_total = 0;
+  const int exclusive = block_exclusive_scan<kWarps>(total, warp_sums, pass_total);
+  if (owner) {
+    p.expert_counts[expert] = total;
+    p.expert_offsets[expert] = carry + exclusive;
+  }
+  carry += pass_total;
+}
+
+// After the last pass of write_expert_ranges: expert_offsets[num_local], the end of the last
+// expert's rows, and the slots dropped for capacity into the diagnostics. Every thread of the
+// block calls it, with its own carry (the same in every thread) and overflow.
+__device__ void finish_expert_ranges(const PlanParams& p, int carry, int overflow) {
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid == 0) {
+    p.expert_offsets[p.num_local] =
+        p.batched ? static_cast<int>(core::batched_first_row(p.num_local, p.capacity)) : carry;
+  }
+  overflow = warp_sum(overflow);
+  if (tid % kWarpSize == 0 && overflow > 0 && p.diagnostics != nullptr)
+    atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
+}
+
 // One block. Up to kScanThreads experts at a time ("columns"); each column's chunks are split
 // into `groups` contiguous ranges, one thread each, so a chunk's prefix is its thread's running
 // sum plus the totals of the ranges before. Then a block scan over the columns' totals gives the
@@ -161,8 +200,8 @@ __global__ void __launch_bounds__(kScanThreads) plan_scan_kernel(PlanParams p) {
   __shared__ int column_totals[kScanThreads];
   __shared__ int warp_sums[kScanWarps];
   const int tid = static_cast<int>(threadIdx.x);
-  if (p.num_local == 0) {
-    if (tid == 0) p.expert_offsets[0] = 0;
+  if (p.num_local == 0) {  // expert_offsets = {0}
+    finish_expert_ranges(p, 0, 0);
     return;
   }
   const int width = p.num_local < kScanThreads ? p.num_local : kScanThreads;
@@ -199,30 +238,10 @@ __global__ void __launch_bounds__(kScanThreads) plan_scan_kernel(PlanParams p) {
     const int expert = first + tid;
     const bool owner = tid < width && expert < p.num_local;
     const int total = owner ? column_totals[tid] : 0;
-    if (p.batched) {
-      if (owner) {
-        p.expert_counts[expert] = total < p.capacity ? total : p.capacity;
-        p.expert_offsets[expert] = static_cast<int>(core::batched_first_row(expert, p.capacity));
-      }
-      overflow += total > p.capacity ? total - p.capacity : 0;
-    } else {
-      int pass_total = 0;
-      const int exclusive = block_exclusive_scan<kScanWarps>(total, warp_sums, pass_total);
-      if (owner) {
-        p.expert_counts[expert] = total;
-        p.expert_offsets[expert] = carry + exclusive;
-      }
-      carry += pass_total;
-    }
+    write_expert_ranges<kScanWarps>(p, expert, owner, total, warp_sums, carry, overflow);
     __syncthreads();  // range_sums, column_totals and warp_sums are reused by the next pass
   }
-  if (tid == 0) {
-    p.expert_offsets[p.num_local] =
-        p.batched ? static_cast<int>(core::batched_first_row(p.num_local, p.capacity)) : carry;
-  }
-  overflow = warp_sum(overflow);
-  if (tid % kWarpSize == 0 && overflow > 0 && p.diagnostics != nullptr)
-    atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
+  finish_expert_ranges(p, carry, overflow);
 }
 
 // Gives every slot of the chunk its row, in slot order. next_rank (shared, num_local) holds the
@@ -312,26 +331,10 @@ __global__ void __launch_bounds__(kPlanThreads) plan_single_chunk_kernel(PlanPar
     const int expert = first + tid;
     const bool owner = expert < p.num_local;
     const int total = owner ? counts[expert] : 0;
-    int pass_total = 0;
-    const int exclusive = block_exclusive_scan<kPlanWarps>(total, warp_sums, pass_total);
-    if (owner && p.batched) {
-      p.expert_counts[expert] = total < p.capacity ? total : p.capacity;
-      p.expert_offsets[expert] = static_cast<int>(core::batched_first_row(expert, p.capacity));
-      overflow += total > p.capacity ? total - p.capacity : 0;
-    } else if (owner) {
-      p.expert_counts[expert] = total;
-      p.expert_offsets[expert] = carry + exclusive;
-    }
-    carry += pass_total;
+    write_expert_ranges<kPlanWarps>(p, expert, owner, total, warp_sums, carry, overflow);
     __syncthreads();  // warp_sums is reused by the next pass
   }
-  if (tid == 0) {
-    p.expert_offsets[p.num_local] =
-        p.batched ? static_cast<int>(core::batched_first_row(p.num_local, p.capacity)) : carry;
-  }
-  overflow = warp_sum(overflow);
-  if (tid % kWarpSize == 0 && overflow > 0 && p.diagnostics != nullptr)
-    atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
+  finish_expert_ranges(p, carry, overflow);
 
   for (int e = tid; e < p.num_local; e += kPlanThreads) counts[e] = 0;  // the chunk's first ranks
   __syncthreads();
