@@ -42,6 +42,7 @@ programs=(
   "stage-capture|$tests/cuda_test_stage_capture|--gtest_filter=*/T1:*/T33:*/T257:*/T2049"
   "layer-capture|$tests/cuda_test_layer_capture|--gtest_filter=*/T7:*/T300"
   "experts|$tests/cuda_test_experts|--gtest_filter=*small*_stream:*f16*_stream:*decode*:ExpertsCuda.RangesOutsideTheBuffersAreEmpty:ExpertsCuda.GraphReplayFollowsNewCountsAndInputs"
+  "fused-decode|$tests/cuda_test_fused_decode|"
   "layer|$tests/cuda_test_layer|--gtest_filter=Scaled/*qwen3_30b_a3b_bf16_contiguous:Scaled/*deepseek_v3_bf16_batched:Scaled/*mixtral_8x7b_f32_contiguous"
 )
 

@@ -1,9 +1,12 @@
 // Layer: route -> plan -> gather -> experts -> combine, every buffer carved from the caller's
-// workspace (core::workspace_layout), so forward() allocates nothing and never syncs.
+// workspace (core::workspace_layout), so forward() allocates nothing and never syncs. On CUDA,
+// decode batches take the fused path (cuda/fused_decode.cu): route, then two kernels, with the
+// stages' result bit for bit.
 #include "ironmoe/layer.h"
 
 #include "api/validate.h"
 #include "core/workspace_layout.h"
+#include "cuda/cuda_backend.h"
 #include "ironmoe/combine.h"
 #include "ironmoe/experts.h"
 #include "ironmoe/gather.h"
@@ -37,6 +40,10 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
                     const Workspace& workspace, const Stream& stream) const {
   const LayerStages s = stages(inputs, weights, outputs, workspace, stream);
   if (s.has_route) route(s.routing, s.route, stream);
+  if (device_.is_cuda() && cuda::fused_decode_applies(config_, s)) {
+    cuda::fused_decode(config_, s, stream.cuda_stream);
+    return;
+  }
   plan(s.plan, stream);
   gather(s.gather, stream);
   experts(s.experts, stream);

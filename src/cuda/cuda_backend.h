@@ -9,6 +9,7 @@
 #include "ironmoe/config.h"
 #include "ironmoe/experts.h"
 #include "ironmoe/gather.h"
+#include "ironmoe/layer.h"
 #include "ironmoe/plan.h"
 #include "ironmoe/route.h"
 
@@ -24,5 +25,13 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
                             int64_t num_local_experts, DType dtype, int device_index);
 void experts(const ExpertArgs& args, void* stream);
 void combine(const CombineArgs& args, void* stream);
+
+// Layer::forward's fused decode path (fused_decode.cu): plan, gather, experts and combine as two
+// kernels when the batch has at most kFusedDecodeMaxSlots slots and the experts stage would stream
+// weights (or config.expert_kernel forces weight_stream), on the contiguous layout. Same result
+// as the stages, bit for bit. IRONMOE_FUSED_DECODE=0 in the environment turns it off.
+inline constexpr int64_t kFusedDecodeMaxSlots = 32;
+bool fused_decode_applies(const MoeConfig& config, const LayerStages& stages);
+void fused_decode(const MoeConfig& config, const LayerStages& stages, void* stream);
 
 }  // namespace ironmoe::cuda

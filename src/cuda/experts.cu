@@ -4,7 +4,7 @@
 // (ExpertArgs::kernel):
 //  weight_stream  few rows per expert (decode): CUDA-core kernels that stream each expert's
 //                 weights once per 8 rows at full bandwidth, activation fused, fp32 gate and up
-//                 (gemm/weight_stream.h). Chosen by prefer_weight_stream (measured table).
+//                 (gemm/weight_stream.h). Chosen by weight_stream_preferred (measured table).
 //  grouped_gemm   bf16 on a Hopper GPU with TMA-compatible operands (H and I multiples of 8,
 //                 16-byte aligned buffers): write both GEMMs' device-side problem lists (one
 //                 launch), GEMM1 x @ w13^T -> gate_up [R, 2I] (bf16, in scratch), h = act(gate) *
@@ -88,22 +88,13 @@ bool is_sm90(int device_index) {
          device_attribute(cudaDevAttrComputeCapabilityMinor, device_index) == 0;
 }
 
-// Where the weight-streaming kernels beat the grouped GEMM, measured on an H100 (2026-11-24,
-// ironmoe-bench --expert-kernel grouped_gemm vs weight_stream, docs/performance.md): at T = 1
-// (R = k rows) for H = 2048 and 4096 by 22-31%; at T = 4 they tie or lose (qwen3-30b-a3b -3%,
-// qwen3-next-80b-a3b +9%, mixtral-8x7b +9%), and deepseek-v3 (H = 7168) loses 4% even at T = 1.
-// So: at most 16 rows, at most one row per four local experts on average, H <= 4096.
-bool prefer_weight_stream(int64_t rows_total, int64_t local_experts, int64_t hidden) {
-  return rows_total <= 16 && 4 * rows_total <= local_experts && hidden <= 4096;
-}
-
 constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";
 
 ExpertKernel choose_path(ExpertKernel requested, bool sm90_ok, bool stream_ok, int64_t rows_total,
                          int64_t local_experts, int64_t hidden) {
   switch (requested) {
     case ExpertKernel::automatic:
-      if (stream_ok && prefer_weight_stream(rows_total, local_experts, hidden)) {
+      if (stream_ok && gemm::weight_stream_preferred(rows_total, local_experts, hidden)) {
         return ExpertKernel::weight_stream;
       }
       return sm90_ok ? ExpertKernel::grouped_gemm : ExpertKernel::cuda_cores;

@@ -18,5 +18,7 @@ void gather(const GatherArgs&, void*) { unavailable("gather"); }
 size_t expert_scratch_bytes(int64_t, int64_t, int64_t, int64_t, DType, int) { return 0; }
 void experts(const ExpertArgs&, void*) { unavailable("experts"); }
 void combine(const CombineArgs&, void*) { unavailable("combine"); }
+bool fused_decode_applies(const MoeConfig&, const LayerStages&) { return false; }
+void fused_decode(const MoeConfig&, const LayerStages&, void*) { unavailable("Layer::forward"); }
 
 }  // namespace ironmoe::cuda

@@ -6,7 +6,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/gemm/expert_rows.cuh"
-#include "cuda/gemm/gated_activation.cuh"
+#include "cuda/gemm/weight_stream.cuh"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/launch.cuh"
 #include "cuda/storage.cuh"
@@ -14,20 +14,14 @@
 namespace ironmoe::cuda::gemm {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
-// Four blocks of 256 threads per SM (64 registers a thread): enough warps, each with
-// kStepsPerLoad * (weight rows) 16-byte loads in flight, to keep HBM busy (ncu on an H100: at 80
-// registers and one column per warp, 3 blocks per SM, two waves and 2.1 TB/s for gate/up).
-constexpr int kMinBlocksPerSm = 4;
-constexpr int kRowsPerPass = 4;    // token rows that share one read of a weight row
-constexpr int kVec = 8;            // 16-bit elements per 16-byte access
-constexpr int kWarpStride = 32 * kVec;
-constexpr int kStepsPerLoad = 2;   // warp strides of K whose weights are loaded before any use
-// Output columns per warp: gate/up reads two weight rows per column, down one; both read four
-// rows at a time, so a warp has 8 loads in flight and the grid fits in about one wave.
-constexpr int kGateUpColumns = 2;
+using namespace streaming;
+
+// Down's output columns per warp: one weight row each, four read at a time, so a warp has 8 loads
+// in flight as in gate/up.
 constexpr int kDownColumns = 4;
+// H and I are multiples of kVec (weight_stream_supports) and a warp's first column a multiple of
+// its column count, so a warp's columns all exist once the first does.
+static_assert(kVec % kGateUpColumns == 0 && kVec % kDownColumns == 0);
 
 // Writes the ids of the local experts that own rows, in increasing order, to `active` (shared,
 // rows.num_experts entries) and returns how many there are. Every thread of the block calls it.
@@ -57,60 +51,6 @@ __device__ int list_active_experts(const ExpertRows& rows, int* active) {
   return listed;
 }
 
-template <class T>
-__device__ __forceinline__ uint4 load16(const T* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
-
-// sum += w . x over 8 elements, in element order.
-template <class T>
-__device__ __forceinline__ float dot8(float sum, const uint4& w, const uint4& x) {
-  const T* wv = reinterpret_cast<const T*>(&w);
-  const T* xv = reinterpret_cast<const T*>(&x);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) sum = fmaf(to_float(wv[i]), to_float(xv[i]), sum);
-  return sum;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// acc[w][r] += weights[w] . x[r] over K for kRows weight rows and rows_here (<= kRowsPerPass) rows
-// of x. Each lane sums its own elements in increasing k (as before this was unrolled over
-// columns), so a row's result does not depend on the other rows or columns of its warp.
-template <class T, int kRows>
-__device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows], const T* x,
-                                            int64_t x_stride, int64_t rows_here, int64_t k_size,
-                                            float (&acc)[kRows][kRowsPerPass]) {
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
-    uint4 w[kStepsPerLoad][kRows];
-#pragma unroll
-    for (int step = 0; step < kStepsPerLoad; ++step) {
-      const int64_t k = k0 + step * kWarpStride;
-#pragma unroll
-      for (int row = 0; row < kRows; ++row)
-        w[step][row] = k < k_size ? load16(weights[row] + k) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int step = 0; step < kStepsPerLoad; ++step) {
-      const int64_t k = k0 + step * kWarpStride;
-      if (k >= k_size) break;
-#pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r) {
-        if (r < rows_here) {
-          const uint4 xr = load16(x + r * x_stride + k);
-#pragma unroll
-          for (int row = 0; row < kRows; ++row) acc[row][r] = dot8<T>(acc[row][r], w[step][row], xr);
-        }
-      }
-    }
-  }
-}
-
 // The expert, row range and first output column of this warp (kColumns columns from there), or
 // false when the block or warp has nothing to do.
 template <int kColumns>
@@ -135,36 +75,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   int64_t expert = 0, first = 0;
   RowRange range;
   if (!warp_task<kColumns>(rows, intermediate, active, &expert, &range, &first)) return;
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  // Weight rows gate[first + c] then up[first + c]; a column past the end reads the last one
-  // (in bounds) and is not stored.
-  const T* weights[2 * kColumns];
-#pragma unroll
-  for (int c = 0; c < kColumns; ++c) {
-    const int64_t column = min(first + c, intermediate - 1);
-    weights[c] = w13 + expert * w13_expert_stride + column * hidden;
-    weights[kColumns + c] = weights[c] + intermediate * hidden;
-  }
-  for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
-    const int64_t rows_here = min(static_cast<int64_t>(kRowsPerPass), range.count - pass);
-    float acc[2 * kColumns][kRowsPerPass] = {};
-    stream_rows<T, 2 * kColumns>(weights, a + (range.begin + pass) * a_stride, a_stride,
-                                 rows_here, hidden, acc);
-#pragma unroll
-    for (int c = 0; c < kColumns; ++c) {
-#pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r) {
-        if (r < rows_here) {
-          const float g = warp_sum(acc[c][r]);
-          const float u = warp_sum(acc[kColumns + c][r]);
-          if (lane == r * kColumns + c && first + c < intermediate) {
-            h[(range.begin + pass + r) * h_stride + first + c] =
-                from_float<T>(gated_activation(g, u, activation));
-          }
-        }
-      }
-    }
-  }
+  gate_up_columns<T, kColumns>(
+      w13 + expert * w13_expert_stride, first, intermediate, hidden, range.count,
+      [&](int64_t r) { return a + (range.begin + r) * a_stride; },
+      [&](int64_t r) { return h + (range.begin + r) * h_stride; }, activation);
 }
 
 template <class T>
@@ -181,22 +95,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const T* weights[kColumns];
 #pragma unroll
-  for (int c = 0; c < kColumns; ++c) {
-    const int64_t column = min(first + c, hidden - 1);
-    weights[c] = w2 + expert * w2_expert_stride + column * intermediate;
-  }
+  for (int c = 0; c < kColumns; ++c)
+    weights[c] = w2 + expert * w2_expert_stride + (first + c) * intermediate;
   for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
-    const int64_t rows_here = min(static_cast<int64_t>(kRowsPerPass), range.count - pass);
+    const int rows_here = static_cast<int>(range.count - pass < kRowsPerPass ? range.count - pass : kRowsPerPass);
+    const T* x[kRowsPerPass];
+#pragma unroll
+    for (int r = 0; r < kRowsPerPass; ++r)
+      x[r] = h + (range.begin + pass + min(r, rows_here - 1)) * h_stride;
     float acc[kColumns][kRowsPerPass] = {};
-    stream_rows<T, kColumns>(weights, h + (range.begin + pass) * h_stride, h_stride, rows_here,
-                             intermediate, acc);
+    stream_rows<T, kColumns>(weights, x, rows_here, intermediate, acc);
 #pragma unroll
     for (int c = 0; c < kColumns; ++c) {
 #pragma unroll
       for (int r = 0; r < kRowsPerPass; ++r) {
         if (r < rows_here) {
           const float v = warp_sum(acc[c][r]);
-          if (lane == r * kColumns + c && first + c < hidden)
+          if (lane == r * kColumns + c)
             out[(range.begin + pass + r) * out_stride + first + c] = from_float<T>(v);
         }
       }

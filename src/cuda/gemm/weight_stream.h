@@ -43,6 +43,15 @@ struct WeightStreamArgs {
 inline constexpr int64_t kWeightStreamMaxExperts = 8192;
 bool weight_stream_supports(const WeightStreamArgs& args, int64_t local_experts);
 
+// Where the weight-streaming kernels beat the grouped GEMM, measured on an H100 (2026-11-24,
+// ironmoe-bench --expert-kernel grouped_gemm vs weight_stream, docs/performance.md): at T = 1
+// (R = k rows) for H = 2048 and 4096 by 22-31%; at T = 4 they tie or lose (qwen3-30b-a3b -3%,
+// qwen3-next-80b-a3b +9%, mixtral-8x7b +9%), and deepseek-v3 (H = 7168) loses 4% even at T = 1.
+// So: at most 16 rows, at most one row per four local experts on average, H <= 4096.
+inline bool weight_stream_preferred(int64_t rows_total, int64_t local_experts, int64_t hidden) {
+  return rows_total <= 16 && 4 * rows_total <= local_experts && hidden <= 4096;
+}
+
 void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args,
                            cudaStream_t stream);
 

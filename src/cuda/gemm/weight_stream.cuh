@@ -1,0 +1,150 @@
+#pragma once
+// Device building blocks of the weight-streaming kernels (weight_stream.cu) and of the fused
+// decode kernels (cuda/fused_decode.cu). Both compute every dot product with these functions, in
+// the same order (each lane sums its own 8-element groups in increasing k, then a butterfly over
+// the warp), so a fused layer and the staged one give the same bits.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/gemm/gated_activation.cuh"
+#include "cuda/storage.cuh"
+#include "ironmoe/types.h"
+
+namespace ironmoe::cuda::gemm::streaming {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+// Four blocks of 256 threads per SM (64 registers a thread): enough warps, each with
+// kStepsPerLoad * (weight rows) 16-byte loads in flight, to keep HBM busy (ncu on an H100: at 80
+// registers and one column per warp, 3 blocks per SM, two waves and 2.1 TB/s for gate/up).
+constexpr int kMinBlocksPerSm = 4;
+// Gate/up output columns per warp: two weight rows (gate, up) per column, so a warp reading four
+// at a time has 8 loads in flight and the grid fits in about one wave.
+constexpr int kGateUpColumns = 2;
+constexpr int kVec = 8;  // 16-bit elements per 16-byte access
+constexpr int kWarpStride = 32 * kVec;
+constexpr int kStepsPerLoad = 2;  // warp strides of K whose weights are loaded before any use
+constexpr int kRowsPerPass = 4;   // token rows that share one read of a weight row
+
+template <class T>
+__device__ __forceinline__ uint4 load16(const T* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// sum += w . x over 8 elements, in element order.
+template <class T>
+__device__ __forceinline__ float dot8(float sum, const uint4& w, const uint4& x) {
+  const T* wv = reinterpret_cast<const T*>(&w);
+  const T* xv = reinterpret_cast<const T*>(&x);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) sum = fmaf(to_float(wv[i]), to_float(xv[i]), sum);
+  return sum;
+}
+
+// Every lane gets the same bits: each exchange adds the same two partial sums (a + b == b + a).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// acc[w][r] += weights[w] . x[r] over K for kRows weight rows and rows_here (<= kRowsPerPass)
+// token rows. A (weight row, token row) sum does not depend on the other rows of the call.
+template <class T, int kRows>
+__device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
+                                            const T* const (&x)[kRowsPerPass], int rows_here,
+                                            int64_t k_size, float (&acc)[kRows][kRowsPerPass]) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
+    uint4 w[kStepsPerLoad][kRows];
+#pragma unroll
+    for (int step = 0; step < kStepsPerLoad; ++step) {
+      const int64_t k = k0 + step * kWarpStride;
+#pragma unroll
+      for (int row = 0; row < kRows; ++row)
+        w[step][row] = k < k_size ? load16(weights[row] + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int step = 0; step < kStepsPerLoad; ++step) {
+      const int64_t k = k0 + step * kWarpStride;
+      if (k >= k_size) break;
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r) {
+        if (r < rows_here) {
+          const uint4 xr = load16(x[r] + k);
+#pragma unroll
+          for (int row = 0; row < kRows; ++row) acc[row][r] = dot8<T>(acc[row][r], w[step][row], xr);
+        }
+      }
+    }
+  }
+}
+
+// acc[i] += weights[i] . x[i] over K for pairs_here (<= kPairs) (weight row, token row) pairs,
+// each summed exactly as stream_rows sums one of its (weight row, token row) combinations.
+template <class T, int kPairs>
+__device__ __forceinline__ void stream_pairs(const T* const (&weights)[kPairs],
+                                             const T* const (&x)[kPairs], int pairs_here,
+                                             int64_t k_size, float (&acc)[kPairs]) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
+    uint4 w[kStepsPerLoad][kPairs];
+#pragma unroll
+    for (int step = 0; step < kStepsPerLoad; ++step) {
+      const int64_t k = k0 + step * kWarpStride;
+#pragma unroll
+      for (int i = 0; i < kPairs; ++i)
+        w[step][i] = k < k_size && i < pairs_here ? load16(weights[i] + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int step = 0; step < kStepsPerLoad; ++step) {
+      const int64_t k = k0 + step * kWarpStride;
+      if (k >= k_size) break;
+#pragma unroll
+      for (int i = 0; i < kPairs; ++i) {
+        if (i < pairs_here) acc[i] = dot8<T>(acc[i], w[step][i], load16(x[i] + k));
+      }
+    }
+  }
+}
+
+// One warp's share of gate/up for one expert: for token rows r < count,
+//   h_row(r)[n] = act(x_row(r) . gate[n]) * (x_row(r) . up[n])   for n in [first, first + kColumns)
+// where gate[n] = w13 + n * hidden and up[n] = gate[n + intermediate] (the expert's [2I, H]
+// weights). Each weight row is read once per kRowsPerPass token rows; gate and up stay fp32 until
+// the activation, h is rounded once. Every column in [first, first + kColumns) must exist.
+template <class T, int kColumns, class XRow, class HRow>
+__device__ __forceinline__ void gate_up_columns(const T* w13, int64_t first, int64_t intermediate,
+                                                int64_t hidden, int64_t count, XRow x_row,
+                                                HRow h_row, Activation activation) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const T* weights[2 * kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    weights[c] = w13 + (first + c) * hidden;
+    weights[kColumns + c] = weights[c] + intermediate * hidden;
+  }
+  for (int64_t pass = 0; pass < count; pass += kRowsPerPass) {
+    const int rows_here = static_cast<int>(count - pass < kRowsPerPass ? count - pass : kRowsPerPass);
+    const T* x[kRowsPerPass];
+#pragma unroll
+    for (int r = 0; r < kRowsPerPass; ++r) x[r] = x_row(pass + min(r, rows_here - 1));
+    float acc[2 * kColumns][kRowsPerPass] = {};
+    stream_rows<T, 2 * kColumns>(weights, x, rows_here, hidden, acc);
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r) {
+        if (r < rows_here) {
+          const float g = warp_sum(acc[c][r]);
+          const float u = warp_sum(acc[kColumns + c][r]);
+          if (lane == r * kColumns + c)
+            h_row(pass + r)[first + c] = from_float<T>(gated_activation(g, u, activation));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace ironmoe::cuda::gemm::streaming

@@ -1,0 +1,276 @@
+// Layer::forward's fused decode path (src/cuda/fused_decode.cu) against the same layer run stage
+// by stage with the weight_stream expert kernels: the output and the diagnostics must be equal
+// bit for bit. Precomputed routing with hostile ids (duplicates within a token, -1, ids >= E,
+// INT_MIN, ids outside the expert-parallel range), a device-side num_valid_tokens below T,
+// strided output rows, every slot count from 1 to the path's limit, bf16 and f16, SiLU and GELU,
+// and poisoned outputs and workspaces. Routed through router logits as well, and in a CUDA graph.
+// The fused path's result against the CPU backend is covered by test_layer.cpp (T = 1 and 5 take
+// this path there) and test_layer_capture.cpp.
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_backend.h"
+#include "cuda_test_util.h"
+
+namespace ironmoe::cuda_test {
+namespace {
+
+struct FusedCase {
+  std::string name;
+  int64_t num_experts;
+  int64_t top_k;
+  int64_t expert_begin;
+  int64_t expert_end;  // -1: all
+  DType dtype;
+  Activation activation;
+  ExpertKernel kernel;  // automatic takes the fused path only where weight streaming is preferred
+};
+
+MoeConfig config_for(const FusedCase& c, int64_t max_tokens) {
+  MoeConfig config;
+  config.hidden = 256;
+  config.intermediate = 136;  // not a multiple of the 16 columns of a gate/up block
+  config.num_experts = c.num_experts;
+  config.top_k = c.top_k;
+  config.max_tokens = max_tokens;
+  config.expert_begin = c.expert_begin;
+  config.expert_end = c.expert_end;
+  config.activation = c.activation;
+  config.dtype = c.dtype;
+  config.expert_kernel = c.kernel;
+  return config;
+}
+
+// Ids that exercise every rule of the plan: mostly local ids, with duplicates, remote ids, -1,
+// ids past E and INT_MIN mixed in.
+std::vector<int32_t> hostile_ids(const MoeConfig& config, int64_t tokens, std::mt19937_64& rng) {
+  const int64_t k = config.top_k;
+  std::uniform_int_distribution<int32_t> any_expert(0, static_cast<int32_t>(config.num_experts - 1));
+  std::uniform_int_distribution<int32_t> local(
+      static_cast<int32_t>(config.expert_begin), static_cast<int32_t>(config.local_expert_end() - 1));
+  std::uniform_int_distribution<int> kind(0, 9);
+  std::vector<int32_t> ids(static_cast<size_t>(tokens * k));
+  for (int64_t s = 0; s < tokens * k; ++s) {
+    switch (kind(rng)) {
+      case 0: ids[s] = s % k > 0 ? ids[s - 1] : local(rng); break;  // duplicate within the token
+      case 1: ids[s] = any_expert(rng); break;                      // possibly remote
+      case 2: ids[s] = -1; break;
+      case 3: ids[s] = static_cast<int32_t>(config.num_experts + s); break;
+      case 4: ids[s] = INT_MIN; break;
+      default: ids[s] = local(rng); break;
+    }
+  }
+  return ids;
+}
+
+struct LayerResult {
+  std::vector<uint8_t> out;  // [T, out_stride] bytes, poison between rows left as found
+  std::vector<int32_t> diagnostics;
+};
+
+class FusedDecode : public CudaTestWithParam<FusedCase> {
+ protected:
+  // forward() (fused when it applies) or the five stages with weight_stream experts.
+  LayerResult run(const MoeConfig& config, const LayerWeights& weights, const DeviceBuffer<uint8_t>& x,
+          const DeviceBuffer<int32_t>& ids, const DeviceBuffer<float>& topk_weights,
+          const DeviceBuffer<int32_t>& num_valid, int64_t tokens, int64_t out_stride,
+          bool staged) const {
+    const Device device = Device::cuda(0);
+    const Layer layer(config, device);
+    DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
+    workspace.fill_bytes(kPoisonFloatByte);
+    const int64_t element = static_cast<int64_t>(dtype_size(config.dtype));
+    DeviceBuffer<uint8_t> out(std::max<int64_t>(tokens * out_stride * element, 1));
+    out.fill_bytes(kPoisonFloatByte);
+    DeviceBuffer<int32_t> diagnostics(std::vector<int32_t>(kDiagnosticCount, 7));
+
+    Inputs inputs;
+    inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
+    inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
+    inputs.topk_weights =
+        TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, config.top_k}, device);
+    inputs.num_valid_tokens = num_valid.data();
+    inputs.diagnostics = diagnostics.data();
+    const Outputs outputs{rows_view(out.data(), config.dtype, tokens, config.hidden, out_stride,
+                                    device)};
+    const Workspace space{workspace.data(), workspace.bytes()};
+    if (staged) {
+      LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
+      // Where the fused path does not apply, forward() runs exactly these stages.
+      if (cuda::fused_decode_applies(config, s)) s.experts.kernel = ExpertKernel::weight_stream;
+      plan(s.plan, gpu());
+      gather(s.gather, gpu());
+      experts(s.experts, gpu());
+      combine(s.combine, gpu());
+    } else {
+      layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
+    }
+    sync();
+    return {out.download(), diagnostics.download()};
+  }
+};
+
+TEST_P(FusedDecode, EqualsStagesBitForBit) {
+  const FusedCase& c = GetParam();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t max_tokens = cuda::kFusedDecodeMaxSlots / c.top_k + 1;  // one size past the path
+  const MoeConfig config = config_for(c, max_tokens);
+  const LayerWeights weights = make_layer_weights(config, rng(), false, stream());
+  const int64_t out_stride = config.hidden + 24;
+  int checked_sizes = 0;
+  for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
+    SCOPED_TRACE("T = " + std::to_string(tokens));
+    std::normal_distribution<float> normal;
+    std::vector<float> x(static_cast<size_t>(tokens * config.hidden));
+    for (float& v : x) v = normal(rng);
+    std::uniform_real_distribution<float> weight(-1.0f, 1.0f);
+    std::vector<float> topk_weights(static_cast<size_t>(tokens * config.top_k));
+    for (float& w : topk_weights) w = weight(rng);
+    const DeviceBuffer<uint8_t> x_device(encode(config.dtype, x));
+    const std::vector<int32_t> id_values = hostile_ids(config, tokens, rng);
+    const DeviceBuffer<int32_t> ids(id_values);
+    const DeviceBuffer<float> weights_device(topk_weights);
+    const int32_t valid = tokens > 2 ? static_cast<int32_t>(tokens - 1) : static_cast<int32_t>(tokens);
+    const DeviceBuffer<int32_t> num_valid(std::vector<int32_t>{valid});
+
+    const LayerResult staged = run(config, weights, x_device, ids, weights_device, num_valid, tokens,
+                           out_stride, true);
+    const LayerResult fused = run(config, weights, x_device, ids, weights_device, num_valid, tokens,
+                          out_stride, false);
+    ASSERT_EQ(fused.out, staged.out) << "fused and staged outputs differ";
+    ASSERT_EQ(fused.diagnostics, staged.diagnostics);
+    // The comparison means something only if the staged output is a real one: finite, zero on
+    // padding rows, and not all zero when some slot is placed.
+    bool placed = false;
+    for (int64_t s = 0; s < valid * config.top_k; ++s)
+      placed = placed || (id_values[s] >= config.expert_begin && id_values[s] < config.local_expert_end());
+    const std::vector<float> values = decode(config.dtype, staged.out);
+    bool nonzero = false;
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t col = 0; col < config.hidden; ++col) {
+        const float v = values[static_cast<size_t>(t * out_stride + col)];
+        ASSERT_TRUE(std::isfinite(v)) << "token " << t << ", column " << col;
+        if (t >= valid) {
+          ASSERT_EQ(v, 0.0f) << "padding token " << t;
+        }
+        nonzero = nonzero || v != 0.0f;
+      }
+    }
+    EXPECT_EQ(nonzero, placed) << "an output with placed slots must not be all zero";
+    if (tokens * config.top_k <= cuda::kFusedDecodeMaxSlots) checked_sizes += placed ? 1 : 0;
+  }
+  EXPECT_GT(checked_sizes, 0);
+}
+
+// Whether the Layer takes the fused path is decided on the host from the shapes alone.
+TEST_P(FusedDecode, AppliesWhereDocumented) {
+  const FusedCase& c = GetParam();
+  const MoeConfig config = config_for(c, 64);
+  const Device device = Device::cuda(0);
+  const Layer layer(config, device);
+  const LayerWeights weights = make_layer_weights(config, fresh_seed(), false, stream());
+  DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
+  DeviceBuffer<uint8_t> x(64 * config.hidden * 2);
+  DeviceBuffer<uint8_t> out(64 * config.hidden * 2);
+  DeviceBuffer<int32_t> ids(64 * config.top_k);
+  DeviceBuffer<float> topk_weights(64 * config.top_k);
+  for (int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{4}, int64_t{16}, int64_t{64}}) {
+    Inputs inputs;
+    inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
+    inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
+    inputs.topk_weights =
+        TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, config.top_k}, device);
+    const Outputs outputs{
+        TensorView::contiguous(out.data(), config.dtype, {tokens, config.hidden}, device)};
+    const LayerStages s = layer.stages(inputs, weights.on_device(config), outputs,
+                                       {workspace.data(), workspace.bytes()}, gpu());
+    const int64_t slots = tokens * config.top_k;
+    const int64_t local = config.num_local_experts();
+    const bool streamed = c.kernel == ExpertKernel::weight_stream ||
+                          (c.kernel == ExpertKernel::automatic && slots <= 16 && 4 * slots <= local);
+    EXPECT_EQ(cuda::fused_decode_applies(config, s), slots <= cuda::kFusedDecodeMaxSlots && streamed)
+        << "T = " << tokens;
+  }
+}
+
+std::vector<FusedCase> fused_cases() {
+  return {
+      {"qwen3_like_auto_bf16", 128, 8, 0, -1, DType::bf16, Activation::silu_and_mul,
+       ExpertKernel::automatic},
+      {"qwen3_like_stream_bf16", 128, 8, 0, -1, DType::bf16, Activation::silu_and_mul,
+       ExpertKernel::weight_stream},
+      {"mixtral_like_stream_f16_gelu", 8, 2, 0, -1, DType::f16, Activation::gelu_and_mul,
+       ExpertKernel::weight_stream},
+      {"ep_range_stream_bf16", 32, 4, 8, 20, DType::bf16, Activation::silu_and_mul,
+       ExpertKernel::weight_stream},
+      {"k1_stream_bf16", 16, 1, 0, -1, DType::bf16, Activation::silu_and_mul,
+       ExpertKernel::weight_stream},
+      {"grouped_gemm_forced_bf16", 64, 4, 0, -1, DType::bf16, Activation::silu_and_mul,
+       ExpertKernel::grouped_gemm},
+  };
+}
+
+std::string fused_case_name(const ::testing::TestParamInfo<FusedCase>& info) {
+  return info.param.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FusedDecode, ::testing::ValuesIn(fused_cases()), fused_case_name);
+
+// Routed from logits (hard rows included), in a CUDA graph replayed with new contents: the
+// replay equals a direct forward(), which takes the same fused path.
+class FusedDecodeCapture : public CudaTest {};
+
+TEST_F(FusedDecodeCapture, GraphReplayEqualsDirectRun) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  MoeConfig config = preset("qwen3-30b-a3b", 2);
+  config.hidden = 256;
+  config.intermediate = 128;
+  const Device device = Device::cuda(0);
+  const Layer layer(config, device);
+  const LayerWeights weights = make_layer_weights(config, rng(), false, stream());
+  DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
+  workspace.fill_bytes(kPoisonFloatByte);
+  for (int64_t tokens : {int64_t{1}, int64_t{2}}) {
+    SCOPED_TRACE("T = " + std::to_string(tokens));
+    DeviceBuffer<uint8_t> x(tokens * config.hidden * 2);
+    DeviceBuffer<float> logits(tokens * config.num_experts);
+    DeviceBuffer<uint8_t> out(tokens * config.hidden * 2);
+    Inputs inputs;
+    inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
+    inputs.router_logits =
+        TensorView::contiguous(logits.data(), DType::f32, {tokens, config.num_experts}, device);
+    const Outputs outputs{
+        TensorView::contiguous(out.data(), config.dtype, {tokens, config.hidden}, device)};
+    const Workspace space{workspace.data(), workspace.bytes()};
+    {
+      const LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
+      ASSERT_TRUE(cuda::fused_decode_applies(config, s));
+    }
+    const CapturedGraph graph(stream(), [&] {
+      layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
+    });
+    for (int replay = 0; replay < 3; ++replay) {
+      std::normal_distribution<float> normal;
+      std::vector<float> xs(static_cast<size_t>(tokens * config.hidden));
+      for (float& v : xs) v = normal(rng);
+      x.upload(encode(config.dtype, xs));
+      logits.upload(make_logits(rng, tokens, config.num_experts, config.num_experts, true));
+      out.fill_bytes(kPoisonFloatByte);
+      graph.launch(stream());
+      sync();
+      const std::vector<uint8_t> replayed = out.download();
+      out.fill_bytes(kPoisonFloatByte);
+      layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
+      sync();
+      expect_replay_output(replayed, out.download(), config.dtype, config.hidden, tokens);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ironmoe::cuda_test
