@@ -41,6 +41,10 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // Output columns of a down block: one weight row each, four read at a time (8 loads in flight with
 // kStepsPerLoad 2), as in the staged down kernel.
 constexpr int kDownColumns = 4;
+// Slots of one expert per pass of its weight rows: one, not the staged kernel's four. A decode
+// batch rarely gives an expert two slots (a second pass then finds the rows in L2), and with four
+// the kernel spilled (ptxas: 104 bytes) and ran at 1.56 TB/s under ncu (qwen3-30b-a3b, T = 1).
+constexpr int kDownRowsPerPass = 1;
 // H is a multiple of kVec (weight_stream_supports), so the column blocks tile it exactly.
 static_assert(kVec % kDownColumns == 0);
 static_assert(kFusedDecodeMaxSlots <= 32, "one lane of warp 0 per slot");
@@ -172,7 +176,7 @@ __global__ void __launch_bounds__(kThreads, 3) decode_gate_up(DecodeParams p) {
 
 // Block: kDownColumns output columns; its warps take the groups in turn (warp w: groups w, w +
 // warps, ...), each streaming its expert's kDownColumns weight rows once per pass of up to
-// kRowsPerPass of the group's slots, exactly as the staged down kernel does. The y values meet in
+// kDownRowsPerPass of the group's slots; each sum is formed as in the staged down kernel. The y values meet in
 // shared memory, and the combine runs over them in slot order.
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine(DecodeParams p) {
@@ -194,18 +198,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine
       weights[c] = w2 + groups.expert[group] * p.w2_expert_stride + (first + c) * p.intermediate;
     const int begin = groups.begin[group];
     const int count = groups.begin[group + 1] - begin;
-    for (int pass = 0; pass < count; pass += kRowsPerPass) {
-      const int rows_here = min(kRowsPerPass, count - pass);
-      const T* rows[kRowsPerPass];
+    for (int pass = 0; pass < count; pass += kDownRowsPerPass) {
+      const int rows_here = min(kDownRowsPerPass, count - pass);
+      const T* rows[kDownRowsPerPass];
 #pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r)
+      for (int r = 0; r < kDownRowsPerPass; ++r)
         rows[r] = h + groups.order[begin + pass + min(r, rows_here - 1)] * p.h_stride;
-      float acc[kDownColumns][kRowsPerPass] = {};
-      stream_rows<T, kDownColumns>(weights, rows, rows_here, p.intermediate, acc);
+      float acc[kDownColumns][kDownRowsPerPass] = {};
+      stream_rows<T, kDownColumns, kDownRowsPerPass>(weights, rows, rows_here, p.intermediate,
+                                                     acc);
 #pragma unroll
       for (int c = 0; c < kDownColumns; ++c) {
 #pragma unroll
-        for (int r = 0; r < kRowsPerPass; ++r) {
+        for (int r = 0; r < kDownRowsPerPass; ++r) {
           if (r < rows_here) {
             const float v = to_float(from_float<T>(warp_sum(acc[c][r])));
             if (lane == r * kDownColumns + c) y[groups.order[begin + pass + r]][c] = v;

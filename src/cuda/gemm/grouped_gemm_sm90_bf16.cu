@@ -8,8 +8,10 @@
 // it matches 128x128x64 (cooperative) and 64x128x64 (ping-pong) within ~5% up to 1024 tokens,
 // where the GEMMs stream weights at ~2.7 TB/s, and beats them by 20-40% from 4096 tokens on; a
 // 2x1 cluster lost 30-50% everywhere (each group's M tiles are rounded up to the cluster, which
-// costs whole empty tiles when experts have few rows). Every preset's N (2I and H) is a multiple
-// of 256.
+// costs whole empty tiles when experts have few rows). A ping-pong 128x128x64 configuration (one
+// consumer warp group per tile, epilogues overlapping the other group's main loop) lost too, on
+// 2026-11-24 for GEMM2 alone (short K = I) by 0-35% and for both GEMMs by up to 3x from 1024
+// tokens on, every preset. Every preset's N (2I and H) is a multiple of 256.
 #include <cuda_bf16.h>
 
 #include <climits>

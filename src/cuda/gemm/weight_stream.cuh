@@ -49,12 +49,12 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// acc[w][r] += weights[w] . x[r] over K for kRows weight rows and rows_here (<= kRowsPerPass)
-// token rows. A (weight row, token row) sum does not depend on the other rows of the call.
-template <class T, int kRows>
+// acc[w][r] += weights[w] . x[r] over K for kRows weight rows and rows_here (<= kXRows) token
+// rows. A (weight row, token row) sum does not depend on the other rows of the call, nor on kXRows.
+template <class T, int kRows, int kXRows = kRowsPerPass>
 __device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
-                                            const T* const (&x)[kRowsPerPass], int rows_here,
-                                            int64_t k_size, float (&acc)[kRows][kRowsPerPass]) {
+                                            const T* const (&x)[kXRows], int rows_here,
+                                            int64_t k_size, float (&acc)[kRows][kXRows]) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
     uint4 w[kStepsPerLoad][kRows];
@@ -70,7 +70,7 @@ __device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
       const int64_t k = k0 + step * kWarpStride;
       if (k >= k_size) break;
 #pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r) {
+      for (int r = 0; r < kXRows; ++r) {
         if (r < rows_here) {
           const uint4 xr = load16(x[r] + k);
 #pragma unroll
