@@ -6,7 +6,7 @@
 //       every block reads the k ids of every token and finds its expert and that expert's slots;
 //       h[s] = act(x[s / k] . gate) * (x[s / k] . up) for those slots, x read in place (no
 //       gather); block (0, 0) adds the skipped ids to the diagnostics, as the plan does.
-//   kernel 2, grid (blocks of 4 hidden columns), a warp per expert of the batch (up to 8):
+//   kernel 2, grid (blocks of 2 hidden columns), a warp per expert of the batch (up to 8):
 //       y[s][n] = h[s] . w2[e_s][n] for every placed slot, rounded to the storage dtype, meets in
 //       shared memory; out[t][n] = sum over j, in order, of w[t, j] * y[t k + j][n], as the combine
 //       stage sums.
@@ -38,9 +38,10 @@ namespace {
 using namespace gemm::streaming;
 
 constexpr unsigned kFullMask = 0xffffffffu;
-// Output columns of a down block: one weight row each, four read at a time (8 loads in flight with
-// kStepsPerLoad 2), as in the staged down kernel.
-constexpr int kDownColumns = 4;
+// Output columns of a down block: one weight row each. Two, not the staged kernel's four: an A/B
+// of 1, 2 and 4 columns with 2 or 4 K strides in flight (H100, 2026-11-24) found 2 x 2 the only
+// shape without spills and 0.5-3 us faster at T = 1 (qwen3-30b-a3b 42.0 -> 41.2 us).
+constexpr int kDownColumns = 2;
 // Slots of one expert per pass of its weight rows: one, not the staged kernel's four. A decode
 // batch rarely gives an expert two slots (a second pass then finds the rows in L2), and with four
 // the kernel spilled (ptxas: 104 bytes) and ran at 1.56 TB/s under ncu (qwen3-30b-a3b, T = 1).

@@ -81,34 +81,6 @@ __device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
   }
 }
 
-// acc[i] += weights[i] . x[i] over K for pairs_here (<= kPairs) (weight row, token row) pairs,
-// each summed exactly as stream_rows sums one of its (weight row, token row) combinations.
-template <class T, int kPairs>
-__device__ __forceinline__ void stream_pairs(const T* const (&weights)[kPairs],
-                                             const T* const (&x)[kPairs], int pairs_here,
-                                             int64_t k_size, float (&acc)[kPairs]) {
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
-    uint4 w[kStepsPerLoad][kPairs];
-#pragma unroll
-    for (int step = 0; step < kStepsPerLoad; ++step) {
-      const int64_t k = k0 + step * kWarpStride;
-#pragma unroll
-      for (int i = 0; i < kPairs; ++i)
-        w[step][i] = k < k_size && i < pairs_here ? load16(weights[i] + k) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int step = 0; step < kStepsPerLoad; ++step) {
-      const int64_t k = k0 + step * kWarpStride;
-      if (k >= k_size) break;
-#pragma unroll
-      for (int i = 0; i < kPairs; ++i) {
-        if (i < pairs_here) acc[i] = dot8<T>(acc[i], w[step][i], load16(x[i] + k));
-      }
-    }
-  }
-}
-
 // One warp's share of gate/up for one expert: for token rows r < count,
 //   h_row(r)[n] = act(x_row(r) . gate[n]) * (x_row(r) . up[n])   for n in [first, first + kColumns)
 // where gate[n] = w13 + n * hidden and up[n] = gate[n + intermediate] (the expert's [2I, H]
