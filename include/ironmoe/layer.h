@@ -48,7 +48,11 @@ size_t workspace_bytes(const MoeConfig& config, Device device);
 // One forward() call taken apart: the arguments of each stage, validated and carved from the
 // workspace. forward() runs route (when has_route), plan, gather, experts and combine with these,
 // in that order, on one stream; an engine may run them itself to put work between the stages, and
-// ironmoe-bench --breakdown times them one by one.
+// ironmoe-bench --breakdown times them one by one. One exception, invisible in the result: on
+// CUDA, a decode batch (T * k <= 32 slots, contiguous layout, experts that would stream weights)
+// runs plan through combine as two fused kernels, whose output equals these stages' bit for bit;
+// the workspace's plan and permuted buffers are then not written (IRONMOE_FUSED_DECODE=0 turns
+// the fusion off).
 struct LayerStages {
   bool has_route = false;  // false: precomputed topk_ids / topk_weights
   RoutingConfig routing;
