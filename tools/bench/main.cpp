@@ -64,6 +64,7 @@ void print_breakdown(const std::vector<BenchRow>& rows, std::ostream& out) {
   for (const char* name : kStageNames) columns.push_back({std::string(name) + " us"});
   columns.push_back({"sum us"});
   columns.push_back({"layer us"});
+  columns.push_back({"route+plan+combine us"});
   Table table(columns);
   for (const BenchRow& row : rows) {
     if (!row.skipped.empty()) continue;
@@ -75,9 +76,12 @@ void print_breakdown(const std::vector<BenchRow>& rows, std::ostream& out) {
     }
     cells.push_back(format_fixed(sum * 1e6, 1));
     cells.push_back(format_fixed(row.timing.median_s * 1e6, 1));
+    const Timing& joint = row.route_plan_combine;
+    cells.push_back(joint.iters > 0 ? format_fixed(joint.median_s * 1e6, 1) : "-");
     table.add_row(cells);
   }
-  out << "\nper stage, each timed alone (median us):\n";
+  out << "\nper stage, each timed alone (median us); route+plan+combine: the three timed as one "
+         "call:\n";
   table.print(out);
 }
 
@@ -106,6 +110,9 @@ std::string row_json(const BenchRow& row, const BenchOptions& options) {
     if (row.stages[i].iters > 0) {
       json.add(std::string(kStageNames[i]) + "_us", row.stages[i].median_s * 1e6);
     }
+  }
+  if (row.route_plan_combine.iters > 0) {
+    json.add("route_plan_combine_us", row.route_plan_combine.median_s * 1e6);
   }
   return json.str();
 }

@@ -38,6 +38,9 @@ struct BenchRow {
   double max_rel_error = -1.0;  // < 0: not checked
   size_t workspace_bytes = 0;
   Timing stages[kStageCount];  // with BenchSettings::breakdown; iters 0 where a stage did not run
+  // With breakdown: route, plan and combine in one call (one CUDA graph on the GPU), what the
+  // layer pays for them beside the experts without a graph launch per stage; iters 0 without route.
+  Timing route_plan_combine;
 };
 
 BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings& settings,
