@@ -73,6 +73,17 @@ IRONMOE_HD float softmax_prob(float v, const SoftmaxStats& s) {
 
 IRONMOE_HD float sigmoid_weight(float v) { return v != v ? 0.0f : sigmoid(v); }
 
+// One raw weight of a non-degenerate row, finalised: divided by `sum` (the row's k raw weights
+// added in order j = 0..k-1, from 0) when renormalising, 1/k instead when that sum is not a
+// positive finite number, then scaled. A GPU lane holding one weight calls this directly.
+IRONMOE_HD float finalize_weight(float weight, float sum, int k, bool renormalize, float scaling) {
+  if (renormalize) {
+    const bool usable = sum > 0.0f && sum < INFINITY;
+    weight = usable ? weight / sum : 1.0f / static_cast<float>(k);
+  }
+  return weight * scaling;
+}
+
 // Renormalise (optionally) and scale k raw weights in place. `degenerate` rows get 1/k.
 IRONMOE_HD void finalize_weights(float* weights, int k, bool degenerate, bool renormalize,
                                  float scaling) {
@@ -81,13 +92,11 @@ IRONMOE_HD void finalize_weights(float* weights, int k, bool degenerate, bool re
     for (int j = 0; j < k; ++j) weights[j] = uniform * scaling;
     return;
   }
+  float sum = 0.0f;
   if (renormalize) {
-    float sum = 0.0f;
     for (int j = 0; j < k; ++j) sum += weights[j];
-    const bool usable = sum > 0.0f && sum < INFINITY;
-    for (int j = 0; j < k; ++j) weights[j] = usable ? weights[j] / sum : uniform;
   }
-  for (int j = 0; j < k; ++j) weights[j] *= scaling;
+  for (int j = 0; j < k; ++j) weights[j] = finalize_weight(weights[j], sum, k, renormalize, scaling);
 }
 
 // grouped_topk: the key an expert is selected by (bias steers selection only).

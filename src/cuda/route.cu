@@ -4,9 +4,9 @@
 // -inf, ties to the lower index), so the ids match the CPU backend bit for bit and come out in
 // rank order. Lane l holds experts l, l+32, l+64, ...; two ways to find the row's k best, chosen
 // on the host by E alone (never by T):
-//   E <= 1024 (route_topk_kernel): the lane keeps its keys in registers; k rounds of "each lane
-//     proposes its best untaken expert, a warp-wide arg-best picks the winner, its owner marks
-//     it taken". Round j yields the j-th best expert.
+//   E <= 1024 (route_topk_kernel): the lane keeps its keys in registers, sorted once into rank
+//     order; k rounds of "each lane proposes its head, a warp-wide arg-best picks the winner, its
+//     owner drops it". Round j yields the j-th best expert.
 //   E > 1024 (route_topk_long_kernel): each lane keeps its own core::TopK (experts offered in
 //     increasing order, as TopK requires; any expert of the row's top k is in its lane's top k)
 //     and k rounds of a warp-wide arg-best over the lists' heads merge the 32 lists.
@@ -192,12 +192,16 @@ __device__ void write_selection(const RouteParams& p, const T* row, const core::
     mine = p.kind == RoutingKind::softmax_topk ? core::softmax_prob(v, stats)
                                                : core::sigmoid_weight(v);
   }
-  float raw[core::kMaxTopK];
-  for (int j = 0; j < k; ++j) raw[j] = __shfl_sync(kFullMask, mine, j);
-  core::finalize_weights(raw, k, false, p.renormalize, p.scaling);
+  // The renormalising sum in order j = 0..k-1, as core::finalize_weights adds it, with no per-lane
+  // array (which lived in local memory).
+  float sum = 0.0f;
+  if (p.renormalize) {
+    for (int j = 0; j < k; ++j) sum += __shfl_sync(kFullMask, mine, j);
+  }
   if (lane < k) {
     p.topk_ids[token * k + lane] = selected;
-    p.topk_weights[token * k + lane] = raw[lane];
+    p.topk_weights[token * k + lane] =
+        core::finalize_weight(mine, sum, k, p.renormalize, p.scaling);
   }
 }
 
@@ -218,6 +222,36 @@ __device__ GroupFilter filter_groups(const RouteParams& p, float* keys, int lane
   return {group_kept, group_size};
 }
 
+// Sorts a lane's N (key, expert) pairs into rank order (core::ranks_before): a bitonic network
+// with compile-time indices, so the pairs stay in registers.
+template <int N>
+__device__ __forceinline__ void sort_by_rank(float (&key)[N], int (&expert)[N]) {
+  static_assert((N & (N - 1)) == 0, "a bitonic network sorts a power of two");
+#pragma unroll
+  for (int size = 2; size <= N; size <<= 1) {
+#pragma unroll
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const int j = i ^ stride;
+        if (j <= i) continue;
+        // Runs of `size` alternate direction until the last pass, which leaves all in rank order.
+        const bool rank_order = (i & size) == 0;
+        const bool swap = rank_order ? core::ranks_before(key[j], expert[j], key[i], expert[i])
+                                     : core::ranks_before(key[i], expert[i], key[j], expert[j]);
+        if (swap) {
+          const float k = key[i];
+          key[i] = key[j];
+          key[j] = k;
+          const int e = expert[i];
+          expert[i] = expert[j];
+          expert[j] = e;
+        }
+      }
+    }
+  }
+}
+
 template <class T, int kKeysPerLane>
 __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p) {
   wait_for_previous_kernel();
@@ -231,49 +265,29 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
   float* staged =
       shared + static_cast<size_t>(warp) * grouped_shared_floats(p.num_experts, p.num_groups);
 
+  // Lane l's candidates: experts l + 32 i. A pair that is no candidate (past E, or in a group
+  // grouped_topk drops) gets (-inf, INT_MAX) and ranks after every candidate; the kept groups hold
+  // at least k experts (MoeConfig::validate), so it is never selected.
   float key[kKeysPerLane];
-  unsigned taken = 0;  // bit i: expert lane + 32 i is not (or no longer) a candidate
+  int expert[kKeysPerLane];
   RowScan scan;
 #pragma unroll
   for (int i = 0; i < kKeysPerLane; ++i) {
     const int e = lane + kWarpSize * i;
     key[i] = core::kNegInf;
+    expert[i] = INT_MAX;
     if (e < p.num_experts) {
       const float v = to_float(row[e]);
       scan.add(v);
       key[i] = selection_key(p, v, e);
+      expert[i] = e;
       if (grouped) staged[e] = key[i];
-    } else {
-      taken |= 1u << i;
     }
   }
   if (!count_and_check_usable(p, token, scan, lane)) return;
-  if (grouped) {
-    const GroupFilter groups = filter_groups(p, staged, lane);
-#pragma unroll
-    for (int i = 0; i < kKeysPerLane; ++i) {
-      const int e = lane + kWarpSize * i;
-      if (e < p.num_experts && !groups.keeps(e)) taken |= 1u << i;
-    }
-  }
 
-  int selected = -1;
-  for (int j = 0; j < p.top_k; ++j) {
-    float best_key = core::kNegInf;
-    int best = INT_MAX;  // no candidate: ranks after every expert
-#pragma unroll
-    for (int i = 0; i < kKeysPerLane; ++i) {
-      const int e = lane + kWarpSize * i;
-      if (!((taken >> i) & 1u) && core::ranks_before(key[i], e, best_key, best)) {
-        best_key = key[i];
-        best = e;
-      }
-    }
-    warp_best(best_key, best);
-    if (best % kWarpSize == lane) taken |= 1u << (best / kWarpSize);
-    if (lane == j) selected = best;
-  }
-
+  // Softmax statistics before the pairs are sorted: each lane sums its experts in increasing
+  // order, as route_topk_long_kernel and every earlier version do, so the weights keep their bits.
   core::SoftmaxStats stats;
   if (p.kind == RoutingKind::softmax_topk) {
     stats = reduce_softmax_stats(scan.stats, [&](float max) {
@@ -283,6 +297,37 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
         if (isfinite(key[i])) sum += expf(key[i] - max);  // softmax keys are the logits
       return sum;
     });
+  }
+  if (grouped) {
+    const GroupFilter groups = filter_groups(p, staged, lane);
+#pragma unroll
+    for (int i = 0; i < kKeysPerLane; ++i) {
+      if (expert[i] != INT_MAX && !groups.keeps(expert[i])) {
+        key[i] = core::kNegInf;
+        expert[i] = INT_MAX;
+      }
+    }
+  }
+
+  // Each lane sorts its pairs once; round j then only compares the lanes' heads, and the winner's
+  // lane drops its head. (Rescanning every key each round made the rounds a serial chain of
+  // ~3000 instructions for one warp at E = 512: 15 us for one token under ncu.)
+  sort_by_rank(key, expert);
+  int selected = -1;
+  for (int j = 0; j < p.top_k; ++j) {
+    float best_key = key[0];
+    int best = expert[0];
+    warp_best(best_key, best);
+    if (expert[0] == best && best != INT_MAX) {
+#pragma unroll
+      for (int i = 0; i + 1 < kKeysPerLane; ++i) {
+        key[i] = key[i + 1];
+        expert[i] = expert[i + 1];
+      }
+      key[kKeysPerLane - 1] = core::kNegInf;
+      expert[kKeysPerLane - 1] = INT_MAX;
+    }
+    if (lane == j) selected = best;
   }
   write_selection(p, row, stats, token, selected, lane);
 }
