@@ -1,12 +1,17 @@
 // Layer::forward's fused decode path (src/cuda/fused_decode.cu) against the same layer run stage
 // by stage with the weight_stream expert kernels: the output and the diagnostics must be equal
 // bit for bit. Precomputed routing with hostile ids (duplicates within a token, -1, ids >= E,
-// INT_MIN, ids outside the expert-parallel range), a device-side num_valid_tokens below T,
-// strided output rows, every slot count from 1 to the path's limit, bf16 and f16, SiLU and GELU,
+// INT_MIN, ids outside the expert-parallel range) and NaN weights on every slot that is not
+// placed, num_valid_tokens absent, below T, 0 or negative, strided x (NaN between rows) and
+// output rows, every slot count from 1 to one past the path's limit, bf16 and f16, SiLU and GELU,
 // and poisoned outputs and workspaces. Routed through router logits as well, and in a CUDA graph.
-// The fused path's result against the CPU backend is covered by test_layer.cpp (T = 1 and 5 take
-// this path there) and test_layer_capture.cpp.
+// The fused path's result against the CPU backend is covered by test_layer.cpp (T = 1 takes this
+// path there for qwen3-30b-a3b, qwen3-next-80b-a3b and mixtral-8x7b) and by
+// test_layer_capture.cpp (T = 1 and 2, against the CPU at T = 1).
+#include <algorithm>
 #include <climits>
+#include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,15 +72,27 @@ std::vector<int32_t> hostile_ids(const MoeConfig& config, int64_t tokens, std::m
 struct LayerResult {
   std::vector<uint8_t> out;  // [T, out_stride] bytes, poison between rows left as found
   std::vector<int32_t> diagnostics;
+  bool fused = false;  // fused_decode_applies for these arguments
 };
+
+// num_valid_tokens by T: none, T - 1, 0 or negative, so every rule of valid_tokens is met.
+std::optional<int32_t> num_valid_for(int64_t tokens) {
+  switch (tokens % 4) {
+    case 0: return std::nullopt;
+    case 1: return static_cast<int32_t>(tokens - 1);
+    case 2: return 0;
+    default: return -3;
+  }
+}
 
 class FusedDecode : public CudaTestWithParam<FusedCase> {
  protected:
-  // forward() (fused when it applies) or the five stages with weight_stream experts.
-  LayerResult run(const MoeConfig& config, const LayerWeights& weights, const DeviceBuffer<uint8_t>& x,
-          const DeviceBuffer<int32_t>& ids, const DeviceBuffer<float>& topk_weights,
-          const DeviceBuffer<int32_t>& num_valid, int64_t tokens, int64_t out_stride,
-          bool staged) const {
+  // forward() (fused when it applies) or the five stages with weight_stream experts. x rows are
+  // x_stride apart and out rows out_stride apart.
+  LayerResult run(const MoeConfig& config, const LayerWeights& weights,
+                  const DeviceBuffer<uint8_t>& x, int64_t x_stride, const DeviceBuffer<int32_t>& ids,
+                  const DeviceBuffer<float>& topk_weights, const DeviceBuffer<int32_t>& num_valid,
+                  bool has_num_valid, int64_t tokens, int64_t out_stride, bool staged) const {
     const Device device = Device::cuda(0);
     const Layer layer(config, device);
     DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
@@ -86,19 +103,20 @@ class FusedDecode : public CudaTestWithParam<FusedCase> {
     DeviceBuffer<int32_t> diagnostics(std::vector<int32_t>(kDiagnosticCount, 7));
 
     Inputs inputs;
-    inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
+    inputs.x = rows_view(x.data(), config.dtype, tokens, config.hidden, x_stride, device);
     inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
     inputs.topk_weights =
         TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, config.top_k}, device);
-    inputs.num_valid_tokens = num_valid.data();
+    inputs.num_valid_tokens = has_num_valid ? num_valid.data() : nullptr;
     inputs.diagnostics = diagnostics.data();
     const Outputs outputs{rows_view(out.data(), config.dtype, tokens, config.hidden, out_stride,
                                     device)};
     const Workspace space{workspace.data(), workspace.bytes()};
+    LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
+    const bool fused = cuda::fused_decode_applies(config, s);
     if (staged) {
-      LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
       // Where the fused path does not apply, forward() runs exactly these stages.
-      if (cuda::fused_decode_applies(config, s)) s.experts.kernel = ExpertKernel::weight_stream;
+      if (fused) s.experts.kernel = ExpertKernel::weight_stream;
       plan(s.plan, gpu());
       gather(s.gather, gpu());
       experts(s.experts, gpu());
@@ -107,7 +125,7 @@ class FusedDecode : public CudaTestWithParam<FusedCase> {
       layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
     }
     sync();
-    return {out.download(), diagnostics.download()};
+    return {out.download(), diagnostics.download(), fused};
   }
 };
 
@@ -119,34 +137,54 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
   const int64_t max_tokens = cuda::kFusedDecodeMaxSlots / c.top_k + 1;  // one size past the path
   const MoeConfig config = config_for(c, max_tokens);
   const LayerWeights weights = make_layer_weights(config, rng(), false, stream());
+  const int64_t x_stride = config.hidden + 16;  // still 16-byte rows: the fused path reads x here
   const int64_t out_stride = config.hidden + 24;
-  int checked_sizes = 0;
+  int fused_sizes = 0;
   for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
     SCOPED_TRACE("T = " + std::to_string(tokens));
+    const std::optional<int32_t> num_valid = num_valid_for(tokens);
+    const int64_t valid = num_valid ? std::clamp<int64_t>(*num_valid, 0, tokens) : tokens;
+    SCOPED_TRACE("num_valid_tokens = " + (num_valid ? std::to_string(*num_valid) : "none"));
+    // x with NaN between the rows: a read outside a row would show in the output.
     std::normal_distribution<float> normal;
-    std::vector<float> x(static_cast<size_t>(tokens * config.hidden));
-    for (float& v : x) v = normal(rng);
+    std::vector<float> x(static_cast<size_t>(tokens * x_stride), std::nanf(""));
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t col = 0; col < config.hidden; ++col) x[t * x_stride + col] = normal(rng);
+    const std::vector<int32_t> id_values = hostile_ids(config, tokens, rng);
+    // Slots that are not placed get NaN weights: neither path may read them.
+    auto is_placed = [&](int64_t s) {
+      return s / config.top_k < valid && id_values[s] >= config.expert_begin &&
+             id_values[s] < config.local_expert_end();
+    };
     std::uniform_real_distribution<float> weight(-1.0f, 1.0f);
     std::vector<float> topk_weights(static_cast<size_t>(tokens * config.top_k));
-    for (float& w : topk_weights) w = weight(rng);
+    bool placed = false;
+    for (int64_t s = 0; s < tokens * config.top_k; ++s) {
+      topk_weights[s] = is_placed(s) ? weight(rng) : std::nanf("");
+      placed = placed || is_placed(s);
+    }
     const DeviceBuffer<uint8_t> x_device(encode(config.dtype, x));
-    const std::vector<int32_t> id_values = hostile_ids(config, tokens, rng);
     const DeviceBuffer<int32_t> ids(id_values);
     const DeviceBuffer<float> weights_device(topk_weights);
-    const int32_t valid = tokens > 2 ? static_cast<int32_t>(tokens - 1) : static_cast<int32_t>(tokens);
-    const DeviceBuffer<int32_t> num_valid(std::vector<int32_t>{valid});
+    const DeviceBuffer<int32_t> num_valid_device(std::vector<int32_t>{num_valid.value_or(0)});
 
-    const LayerResult staged = run(config, weights, x_device, ids, weights_device, num_valid, tokens,
-                           out_stride, true);
-    const LayerResult fused = run(config, weights, x_device, ids, weights_device, num_valid, tokens,
-                          out_stride, false);
+    const LayerResult staged = run(config, weights, x_device, x_stride, ids, weights_device,
+                                   num_valid_device, num_valid.has_value(), tokens, out_stride,
+                                   true);
+    const LayerResult fused = run(config, weights, x_device, x_stride, ids, weights_device,
+                                  num_valid_device, num_valid.has_value(), tokens, out_stride,
+                                  false);
     ASSERT_EQ(fused.out, staged.out) << "fused and staged outputs differ";
     ASSERT_EQ(fused.diagnostics, staged.diagnostics);
+    const bool slots_fit = tokens * config.top_k <= cuda::kFusedDecodeMaxSlots;
+    if (c.kernel == ExpertKernel::weight_stream) {
+      EXPECT_EQ(fused.fused, slots_fit) << "a forced weight_stream layer fuses up to 32 slots";
+    }
+    if (c.kernel == ExpertKernel::grouped_gemm) {
+      EXPECT_FALSE(fused.fused);
+    }
     // The comparison means something only if the staged output is a real one: finite, zero on
     // padding rows, and not all zero when some slot is placed.
-    bool placed = false;
-    for (int64_t s = 0; s < valid * config.top_k; ++s)
-      placed = placed || (id_values[s] >= config.expert_begin && id_values[s] < config.local_expert_end());
     const std::vector<float> values = decode(config.dtype, staged.out);
     bool nonzero = false;
     for (int64_t t = 0; t < tokens; ++t) {
@@ -160,9 +198,12 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
       }
     }
     EXPECT_EQ(nonzero, placed) << "an output with placed slots must not be all zero";
-    if (tokens * config.top_k <= cuda::kFusedDecodeMaxSlots) checked_sizes += placed ? 1 : 0;
+    fused_sizes += fused.fused && placed ? 1 : 0;
   }
-  EXPECT_GT(checked_sizes, 0);
+  // Every case but the forced grouped GEMM must have compared a real fused result.
+  if (c.kernel != ExpertKernel::grouped_gemm) {
+    EXPECT_GT(fused_sizes, 0);
+  }
 }
 
 // Whether the Layer takes the fused path is decided on the host from the shapes alone.

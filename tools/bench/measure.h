@@ -39,7 +39,9 @@ struct BenchRow {
   size_t workspace_bytes = 0;
   Timing stages[kStageCount];  // with BenchSettings::breakdown; iters 0 where a stage did not run
   // With breakdown: route, plan and combine in one call (one CUDA graph on the GPU), what the
-  // layer pays for them beside the experts without a graph launch per stage; iters 0 without route.
+  // staged layer pays for them beside gather and experts without a graph launch per stage (where
+  // forward() takes the fused decode path it runs route alone and no plan or combine); iters 0
+  // without route.
   Timing route_plan_combine;
 };
 
