@@ -75,12 +75,13 @@ struct LayerResult {
   bool fused = false;  // fused_decode_applies for these arguments
 };
 
-// num_valid_tokens by T: none, T - 1, 0 or negative, so every rule of valid_tokens is met.
+// num_valid_tokens by T: none, T - 1, 0 or negative, so every rule of valid_tokens is met. T = 1
+// and 2 (the only sizes where an automatic layer with k = 8 fuses) keep valid rows.
 std::optional<int32_t> num_valid_for(int64_t tokens) {
   switch (tokens % 4) {
-    case 0: return std::nullopt;
-    case 1: return static_cast<int32_t>(tokens - 1);
-    case 2: return 0;
+    case 1: return std::nullopt;
+    case 2: return static_cast<int32_t>(tokens - 1);
+    case 3: return 0;
     default: return -3;
   }
 }
