@@ -96,7 +96,8 @@ IRONMOE_HD void finalize_weights(float* weights, int k, bool degenerate, bool re
   if (renormalize) {
     for (int j = 0; j < k; ++j) sum += weights[j];
   }
-  for (int j = 0; j < k; ++j) weights[j] = finalize_weight(weights[j], sum, k, renormalize, scaling);
+  for (int j = 0; j < k; ++j)
+    weights[j] = finalize_weight(weights[j], sum, k, renormalize, scaling);
 }
 
 // grouped_topk: the key an expert is selected by (bias steers selection only).

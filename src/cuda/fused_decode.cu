@@ -177,8 +177,8 @@ __global__ void __launch_bounds__(kThreads, 3) decode_gate_up(DecodeParams p) {
 
 // Block: kDownColumns output columns; its warps take the groups in turn (warp w: groups w, w +
 // warps, ...), each streaming its expert's kDownColumns weight rows once per pass of up to
-// kDownRowsPerPass of the group's slots; each sum is formed as in the staged down kernel. The y values meet in
-// shared memory, and the combine runs over them in slot order.
+// kDownRowsPerPass of the group's slots; each sum is formed as in the staged down kernel. The y
+// values meet in shared memory, and the combine runs over them in slot order.
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine(DecodeParams p) {
   wait_for_previous_kernel();
@@ -206,8 +206,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine
       for (int r = 0; r < kDownRowsPerPass; ++r)
         rows[r] = h + groups.order[begin + pass + min(r, rows_here - 1)] * p.h_stride;
       float acc[kDownColumns][kDownRowsPerPass] = {};
-      stream_rows<T, kDownColumns, kDownRowsPerPass>(weights, rows, rows_here, p.intermediate,
-                                                     acc);
+      stream_rows<T, kDownColumns, kDownRowsPerPass>(weights, rows, rows_here, p.intermediate, acc);
 #pragma unroll
       for (int c = 0; c < kDownColumns; ++c) {
 #pragma unroll

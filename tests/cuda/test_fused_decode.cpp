@@ -51,9 +51,10 @@ MoeConfig config_for(const FusedCase& c, int64_t max_tokens) {
 // ids past E and INT_MIN mixed in.
 std::vector<int32_t> hostile_ids(const MoeConfig& config, int64_t tokens, std::mt19937_64& rng) {
   const int64_t k = config.top_k;
-  std::uniform_int_distribution<int32_t> any_expert(0, static_cast<int32_t>(config.num_experts - 1));
-  std::uniform_int_distribution<int32_t> local(
-      static_cast<int32_t>(config.expert_begin), static_cast<int32_t>(config.local_expert_end() - 1));
+  std::uniform_int_distribution<int32_t> any_expert(0,
+                                                    static_cast<int32_t>(config.num_experts - 1));
+  std::uniform_int_distribution<int32_t> local(static_cast<int32_t>(config.expert_begin),
+                                               static_cast<int32_t>(config.local_expert_end() - 1));
   std::uniform_int_distribution<int> kind(0, 9);
   std::vector<int32_t> ids(static_cast<size_t>(tokens * k));
   for (int64_t s = 0; s < tokens * k; ++s) {
@@ -91,9 +92,10 @@ class FusedDecode : public CudaTestWithParam<FusedCase> {
   // forward() (fused when it applies) or the five stages with weight_stream experts. x rows are
   // x_stride apart and out rows out_stride apart.
   LayerResult run(const MoeConfig& config, const LayerWeights& weights,
-                  const DeviceBuffer<uint8_t>& x, int64_t x_stride, const DeviceBuffer<int32_t>& ids,
-                  const DeviceBuffer<float>& topk_weights, const DeviceBuffer<int32_t>& num_valid,
-                  bool has_num_valid, int64_t tokens, int64_t out_stride, bool staged) const {
+                  const DeviceBuffer<uint8_t>& x, int64_t x_stride,
+                  const DeviceBuffer<int32_t>& ids, const DeviceBuffer<float>& topk_weights,
+                  const DeviceBuffer<int32_t>& num_valid, bool has_num_valid, int64_t tokens,
+                  int64_t out_stride, bool staged) const {
     const Device device = Device::cuda(0);
     const Layer layer(config, device);
     DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
@@ -105,13 +107,14 @@ class FusedDecode : public CudaTestWithParam<FusedCase> {
 
     Inputs inputs;
     inputs.x = rows_view(x.data(), config.dtype, tokens, config.hidden, x_stride, device);
-    inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
+    inputs.topk_ids =
+        TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
     inputs.topk_weights =
         TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, config.top_k}, device);
     inputs.num_valid_tokens = has_num_valid ? num_valid.data() : nullptr;
     inputs.diagnostics = diagnostics.data();
-    const Outputs outputs{rows_view(out.data(), config.dtype, tokens, config.hidden, out_stride,
-                                    device)};
+    const Outputs outputs{
+        rows_view(out.data(), config.dtype, tokens, config.hidden, out_stride, device)};
     const Workspace space{workspace.data(), workspace.bytes()};
     LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
     const bool fused = cuda::fused_decode_applies(config, s);
@@ -169,12 +172,12 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
     const DeviceBuffer<float> weights_device(topk_weights);
     const DeviceBuffer<int32_t> num_valid_device(std::vector<int32_t>{num_valid.value_or(0)});
 
-    const LayerResult staged = run(config, weights, x_device, x_stride, ids, weights_device,
-                                   num_valid_device, num_valid.has_value(), tokens, out_stride,
-                                   true);
-    const LayerResult fused = run(config, weights, x_device, x_stride, ids, weights_device,
-                                  num_valid_device, num_valid.has_value(), tokens, out_stride,
-                                  false);
+    const LayerResult staged =
+        run(config, weights, x_device, x_stride, ids, weights_device, num_valid_device,
+            num_valid.has_value(), tokens, out_stride, true);
+    const LayerResult fused =
+        run(config, weights, x_device, x_stride, ids, weights_device, num_valid_device,
+            num_valid.has_value(), tokens, out_stride, false);
     ASSERT_EQ(fused.out, staged.out) << "fused and staged outputs differ";
     ASSERT_EQ(fused.diagnostics, staged.diagnostics);
     const bool slots_fit = tokens * config.top_k <= cuda::kFusedDecodeMaxSlots;
@@ -222,7 +225,8 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
   for (int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{4}, int64_t{16}, int64_t{64}}) {
     Inputs inputs;
     inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
-    inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
+    inputs.topk_ids =
+        TensorView::contiguous(ids.data(), DType::i32, {tokens, config.top_k}, device);
     inputs.topk_weights =
         TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, config.top_k}, device);
     const Outputs outputs{
@@ -231,9 +235,11 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
                                        {workspace.data(), workspace.bytes()}, gpu());
     const int64_t slots = tokens * config.top_k;
     const int64_t local = config.num_local_experts();
-    const bool streamed = c.kernel == ExpertKernel::weight_stream ||
-                          (c.kernel == ExpertKernel::automatic && slots <= 16 && 4 * slots <= local);
-    EXPECT_EQ(cuda::fused_decode_applies(config, s), slots <= cuda::kFusedDecodeMaxSlots && streamed)
+    const bool streamed =
+        c.kernel == ExpertKernel::weight_stream ||
+        (c.kernel == ExpertKernel::automatic && slots <= 16 && 4 * slots <= local);
+    EXPECT_EQ(cuda::fused_decode_applies(config, s),
+              slots <= cuda::kFusedDecodeMaxSlots && streamed)
         << "T = " << tokens;
   }
 }
@@ -293,9 +299,8 @@ TEST_F(FusedDecodeCapture, GraphReplayEqualsDirectRun) {
       const LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
       ASSERT_TRUE(cuda::fused_decode_applies(config, s));
     }
-    const CapturedGraph graph(stream(), [&] {
-      layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
-    });
+    const CapturedGraph graph(
+        stream(), [&] { layer.forward(inputs, weights.on_device(config), outputs, space, gpu()); });
     for (int replay = 0; replay < 3; ++replay) {
       std::normal_distribution<float> normal;
       std::vector<float> xs(static_cast<size_t>(tokens * config.hidden));

@@ -98,7 +98,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   for (int c = 0; c < kColumns; ++c)
     weights[c] = w2 + expert * w2_expert_stride + (first + c) * intermediate;
   for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
-    const int rows_here = static_cast<int>(range.count - pass < kRowsPerPass ? range.count - pass : kRowsPerPass);
+    const int rows_here =
+        static_cast<int>(range.count - pass < kRowsPerPass ? range.count - pass : kRowsPerPass);
     const T* x[kRowsPerPass];
 #pragma unroll
     for (int r = 0; r < kRowsPerPass; ++r)
@@ -141,8 +142,8 @@ void launch(const ExpertRows& rows, const WeightStreamArgs& args, cudaStream_t s
       expert_slots);
   launch_overlapped(stream_down<T>, down_grid, dim3(kThreads), list_bytes, stream, rows,
                     static_cast<const T*>(args.h), args.h_stride, static_cast<const T*>(args.w2),
-                    args.w2_expert_stride, static_cast<T*>(args.out), args.out_stride,
-                    args.hidden, args.intermediate);
+                    args.w2_expert_stride, static_cast<T*>(args.out), args.out_stride, args.hidden,
+                    args.intermediate);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 

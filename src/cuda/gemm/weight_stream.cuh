@@ -74,7 +74,8 @@ __device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
         if (r < rows_here) {
           const uint4 xr = load16(x[r] + k);
 #pragma unroll
-          for (int row = 0; row < kRows; ++row) acc[row][r] = dot8<T>(acc[row][r], w[step][row], xr);
+          for (int row = 0; row < kRows; ++row)
+            acc[row][r] = dot8<T>(acc[row][r], w[step][row], xr);
         }
       }
     }
@@ -98,7 +99,8 @@ __device__ __forceinline__ void gate_up_columns(const T* w13, int64_t first, int
     weights[kColumns + c] = weights[c] + intermediate * hidden;
   }
   for (int64_t pass = 0; pass < count; pass += kRowsPerPass) {
-    const int rows_here = static_cast<int>(count - pass < kRowsPerPass ? count - pass : kRowsPerPass);
+    const int rows_here =
+        static_cast<int>(count - pass < kRowsPerPass ? count - pass : kRowsPerPass);
     const T* x[kRowsPerPass];
 #pragma unroll
     for (int r = 0; r < kRowsPerPass; ++r) x[r] = x_row(pass + min(r, rows_here - 1));
