@@ -6,6 +6,8 @@
 #include <limits>
 #include <stdexcept>
 
+#include "reference_moe.h"
+
 namespace ironmoe::reference {
 namespace {
 
@@ -102,11 +104,6 @@ double weight_value(Fp8Scheme scheme, const uint8_t* codes, const float* scales,
                             c / kFp8BlockSize];
   }
   throw std::invalid_argument("reference::layer_fp8: unknown scheme");
-}
-
-double activation(Activation kind, double v) {
-  if (kind == Activation::silu_and_mul) return v / (1.0 + std::exp(-v));
-  return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
 }
 
 // The largest magnitude over rows, NaN values ignored (per-tensor dynamic scales).

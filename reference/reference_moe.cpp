@@ -139,14 +139,6 @@ void route_row(const RoutingConfig& routing, int64_t num_experts, int64_t top_k,
   }
 }
 
-double activation(Activation kind, double v) {
-  switch (kind) {
-    case Activation::silu_and_mul: return v / (1.0 + std::exp(-v));
-    case Activation::gelu_and_mul: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
-  }
-  throw std::invalid_argument("reference::layer: unknown activation");
-}
-
 // One slot's expert MLP for token row x: y = (act(x W_gate^T) * (x W_up^T)) W2^T, accumulated into
 // out with the slot's weight.
 void add_expert(const MoeConfig& config, const float* x, const float* w13, const float* w2,
@@ -175,6 +167,14 @@ void add_expert(const MoeConfig& config, const float* x, const float* w13, const
 }
 
 }  // namespace
+
+double activation(Activation kind, double v) {
+  switch (kind) {
+    case Activation::silu_and_mul: return v / (1.0 + std::exp(-v));
+    case Activation::gelu_and_mul: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+  }
+  throw std::invalid_argument("reference::activation: unknown activation");
+}
 
 void route(const RoutingConfig& routing, int64_t tokens, int64_t num_experts, int64_t top_k,
            const float* logits, const float* bias, int64_t num_valid, int32_t* topk_ids,

@@ -26,6 +26,10 @@ void layer(const MoeConfig& config, int64_t tokens, const float* x, const int32_
            const float* topk_weights, const float* w13, const float* w2, int64_t num_valid,
            const std::vector<int64_t>& token_list, bool round_intermediate, double* out);
 
+// act(v) in float64: SiLU v / (1 + exp(-v)) or the exact (erf) GELU; the gate's activation of
+// every reference layer.
+double activation(Activation kind, double v);
+
 // bf16 storage as the reference understands it, written here rather than taken from src/ so the
 // tests do not check the library's conversion against itself. Round to nearest even; NaN stays
 // NaN (quiet), +-inf stay infinite.
