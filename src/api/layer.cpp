@@ -40,10 +40,7 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
                     const Workspace& workspace, const Stream& stream) const {
   const LayerStages s = stages(inputs, weights, outputs, workspace, stream);
   if (s.has_route) route(s.routing, s.route, stream);
-  if (device_.is_cuda() && cuda::fused_decode_applies(config_, s)) {
-    cuda::fused_decode(config_, s, stream.cuda_stream);
-    return;
-  }
+  if (device_.is_cuda() && cuda::try_fused_decode(config_, s, stream.cuda_stream)) return;
   plan(s.plan, stream);
   gather(s.gather, stream);
   experts(s.experts, stream);

@@ -30,6 +30,21 @@ IRONMOE_HD int64_t valid_tokens(int64_t tokens, const int32_t* num_valid_tokens)
   return v < 0 ? 0 : (v < tokens ? v : tokens);
 }
 
+// What the plan does with a slot of a valid row: place it on its local expert, or skip it and count
+// why (an id outside [0, E) is bad input; one in range but outside the local range is another
+// rank's). Every backend's plan and the CUDA fused decode path classify slots with this.
+struct SlotPlace {
+  int32_t local_expert;  // -1 when skipped
+  bool out_of_range;
+  bool remote;
+};
+IRONMOE_HD SlotPlace place_slot(int32_t id, int64_t num_experts, int64_t expert_begin,
+                                int64_t expert_end) {
+  const int32_t local = local_expert_of(id, expert_begin, expert_end);
+  const bool out_of_range = id < 0 || id >= num_experts;
+  return {local, local < 0 && out_of_range, local < 0 && !out_of_range};
+}
+
 IRONMOE_HD int64_t batched_first_row(int64_t local_expert, int64_t capacity) {
   return local_expert * capacity;
 }

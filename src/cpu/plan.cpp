@@ -33,15 +33,10 @@ void plan(const PlanArgs& args, ThreadPool* /*threads: the sort is sequential by
   int32_t out_of_range = 0;
   int32_t remote = 0;
   for (int64_t s = 0; s < valid_slots; ++s) {
-    const int32_t id = ids[s];
-    const int32_t local = core::local_expert_of(id, begin, end);
-    if (local >= 0) {
-      ++counts[local];
-    } else if (id < 0 || id >= num_experts) {
-      ++out_of_range;
-    } else {
-      ++remote;
-    }
+    const core::SlotPlace place = core::place_slot(ids[s], num_experts, begin, end);
+    if (place.local_expert >= 0) ++counts[place.local_expert];
+    out_of_range += place.out_of_range ? 1 : 0;
+    remote += place.remote ? 1 : 0;
   }
 
   // Offsets: exclusive scan (contiguous) or fixed strides of capacity (batched).

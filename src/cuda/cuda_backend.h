@@ -30,8 +30,9 @@ void combine(const CombineArgs& args, void* stream);
 // kernels when the batch has at most kFusedDecodeMaxSlots slots and the experts stage would stream
 // weights (or config.expert_kernel forces weight_stream), on the contiguous layout. Same result
 // as the stages, bit for bit. IRONMOE_FUSED_DECODE=0 in the environment turns it off.
+// try_fused_decode launches it and returns true when it applies; otherwise it does nothing.
 inline constexpr int64_t kFusedDecodeMaxSlots = 32;
 bool fused_decode_applies(const MoeConfig& config, const LayerStages& stages);
-void fused_decode(const MoeConfig& config, const LayerStages& stages, void* stream);
+bool try_fused_decode(const MoeConfig& config, const LayerStages& stages, void* stream);
 
 }  // namespace ironmoe::cuda

@@ -22,8 +22,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
-#include "core/check.h"
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
@@ -51,9 +51,8 @@ static_assert(kVec % kDownColumns == 0);
 static_assert(kFusedDecodeMaxSlots <= 32, "one lane of warp 0 per slot");
 
 struct DecodeParams {
-  const void* x;
-  int64_t x_stride;
-  const int32_t* topk_ids;  // [T, k]
+  gemm::WeightStreamArgs ops;  // a = x, read in place; h: one row per slot
+  const int32_t* topk_ids;     // [T, k]
   const float* topk_weights;
   int64_t tokens;
   int top_k;
@@ -62,44 +61,23 @@ struct DecodeParams {
   int64_t num_experts;
   int64_t expert_begin;
   int64_t expert_end;
-  const void* w13;
-  int64_t w13_expert_stride;
-  const void* w2;
-  int64_t w2_expert_stride;
-  void* h;  // [slots, I]
-  int64_t h_stride;
-  void* out;
-  int64_t out_stride;
-  int64_t hidden;
-  int64_t intermediate;
-  Activation activation;
   int32_t* diagnostics;
 };
 
-// Lane s of the calling warp (s < p.slots): the slot's local expert, or -1 when the plan would not
-// place it (padding token, id outside the local range).
-__device__ int placed_expert(const DecodeParams& p, int lane) {
-  if (lane >= p.slots) return -1;
-  const int64_t valid = core::valid_tokens(p.tokens, p.num_valid_tokens);
-  if (core::slot_token(lane, p.top_k) >= valid) return -1;
-  return core::local_expert_of(p.topk_ids[lane], p.expert_begin, p.expert_end);
+// How the plan places the slot of lane s (s < p.slots), a padding row's slot placing nothing.
+__device__ core::SlotPlace slot_place(const DecodeParams& p, int lane) {
+  if (lane >= p.slots ||
+      core::slot_token(lane, p.top_k) >= core::valid_tokens(p.tokens, p.num_valid_tokens))
+    return {-1, false, false};
+  return core::place_slot(p.topk_ids[lane], p.num_experts, p.expert_begin, p.expert_end);
 }
 
 // The plan's diagnostics for the batch: valid-row ids out of [0, E), and in range but remote.
-__device__ void count_skipped_ids(const DecodeParams& p, int lane) {
-  bool out_of_range = false;
-  bool remote = false;
-  if (lane < p.slots &&
-      core::slot_token(lane, p.top_k) < core::valid_tokens(p.tokens, p.num_valid_tokens)) {
-    const int32_t id = p.topk_ids[lane];
-    out_of_range = id < 0 || id >= p.num_experts;
-    remote = !out_of_range && core::local_expert_of(id, p.expert_begin, p.expert_end) < 0;
-  }
-  const int out_of_range_count = __popc(__ballot_sync(kFullMask, out_of_range));
-  const int remote_count = __popc(__ballot_sync(kFullMask, remote));
-  if (lane == 0 && out_of_range_count > 0)
-    atomicAdd(p.diagnostics + kDiagIdOutOfRange, out_of_range_count);
-  if (lane == 0 && remote_count > 0) atomicAdd(p.diagnostics + kDiagIdRemote, remote_count);
+__device__ void count_skipped_ids(const core::SlotPlace& place, int32_t* diagnostics, int lane) {
+  const int out_of_range = __popc(__ballot_sync(kFullMask, place.out_of_range));
+  const int remote = __popc(__ballot_sync(kFullMask, place.remote));
+  if (lane == 0 && out_of_range > 0) atomicAdd(diagnostics + kDiagIdOutOfRange, out_of_range);
+  if (lane == 0 && remote > 0) atomicAdd(diagnostics + kDiagIdRemote, remote);
 }
 
 // The batch's placed slots grouped by local expert (shared memory): group g holds expert[g] and its
@@ -112,9 +90,10 @@ struct SlotGroups {
   int order[kFusedDecodeMaxSlots];
 };
 
-// Called by warp 0 (lane s handles slot s); the block synchronises before reading `groups`.
-__device__ void group_slots(const DecodeParams& p, SlotGroups& groups, int lane) {
-  const int expert = placed_expert(p, lane);
+// Called by warp 0 (lane s handles slot s, placed as `place`); the block synchronises before
+// reading `groups`.
+__device__ void group_slots(const core::SlotPlace& place, SlotGroups& groups, int lane) {
+  const int expert = place.local_expert;
   const unsigned same = __match_any_sync(kFullMask, expert);  // the slots of this lane's expert
   const unsigned lowest = same & (~same + 1u);                // the group's first slot
   const unsigned before = (1u << lane) - 1u;
@@ -152,27 +131,30 @@ __global__ void __launch_bounds__(kThreads, 3) decode_gate_up(DecodeParams p) {
   __shared__ SlotGroups groups;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   if (threadIdx.x < 32) {
-    group_slots(p, groups, lane);
-    if (blockIdx.x == 0 && blockIdx.y == 0 && p.diagnostics != nullptr) count_skipped_ids(p, lane);
+    const core::SlotPlace place = slot_place(p, lane);
+    group_slots(place, groups, lane);
+    if (blockIdx.x == 0 && blockIdx.y == 0 && p.diagnostics != nullptr)
+      count_skipped_ids(place, p.diagnostics, lane);
   }
   __syncthreads();
   const int group = static_cast<int>(blockIdx.y);  // block row y: the y-th group
+  if (group >= groups.count) return;
   const int64_t first =
       (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kGateUpColumns;
-  if (group >= groups.count || first >= p.intermediate) return;
+  if (first >= p.ops.intermediate) return;
   // The row lambdas capture copies: taking the address of a kernel parameter would copy all of
   // `p` to local memory.
   const int* slots = groups.order + groups.begin[group];
-  const auto* x = static_cast<const T*>(p.x);
-  auto* h = static_cast<T*>(p.h);
-  const int64_t x_stride = p.x_stride;
-  const int64_t h_stride = p.h_stride;
+  const auto* x = static_cast<const T*>(p.ops.a);
+  auto* h = static_cast<T*>(p.ops.h);
+  const int64_t x_stride = p.ops.a_stride;
+  const int64_t h_stride = p.ops.h_stride;
   const int top_k = p.top_k;
   gate_up_columns<T, kGateUpColumns>(
-      static_cast<const T*>(p.w13) + groups.expert[group] * p.w13_expert_stride, first,
-      p.intermediate, p.hidden, groups.begin[group + 1] - groups.begin[group],
+      static_cast<const T*>(p.ops.w13) + groups.expert[group] * p.ops.w13_expert_stride, first,
+      p.ops.intermediate, p.ops.hidden, groups.begin[group + 1] - groups.begin[group],
       [=](int64_t r) { return x + core::slot_token(slots[r], top_k) * x_stride; },
-      [=](int64_t r) { return h + slots[r] * h_stride; }, p.activation);
+      [=](int64_t r) { return h + slots[r] * h_stride; }, p.ops.activation);
 }
 
 // Block: kDownColumns output columns; its warps take the groups in turn (warp w: groups w, w +
@@ -187,41 +169,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int warps = static_cast<int>(blockDim.x) >> 5;
-  if (warp == 0) group_slots(p, groups, lane);
+  if (warp == 0) group_slots(slot_place(p, lane), groups, lane);
   __syncthreads();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kDownColumns;
-  const auto* w2 = static_cast<const T*>(p.w2);
-  const auto* h = static_cast<const T*>(p.h);
+  const auto* h = static_cast<const T*>(p.ops.h);
+  const int64_t h_stride = p.ops.h_stride;
+  float(*y_rows)[kDownColumns] = y;
   for (int group = warp; group < groups.count; group += warps) {
-    const T* weights[kDownColumns];
-#pragma unroll
-    for (int c = 0; c < kDownColumns; ++c)
-      weights[c] = w2 + groups.expert[group] * p.w2_expert_stride + (first + c) * p.intermediate;
-    const int begin = groups.begin[group];
-    const int count = groups.begin[group + 1] - begin;
-    for (int pass = 0; pass < count; pass += kDownRowsPerPass) {
-      const int rows_here = min(kDownRowsPerPass, count - pass);
-      const T* rows[kDownRowsPerPass];
-#pragma unroll
-      for (int r = 0; r < kDownRowsPerPass; ++r)
-        rows[r] = h + groups.order[begin + pass + min(r, rows_here - 1)] * p.h_stride;
-      float acc[kDownColumns][kDownRowsPerPass] = {};
-      stream_rows<T, kDownColumns, kDownRowsPerPass>(weights, rows, rows_here, p.intermediate, acc);
-#pragma unroll
-      for (int c = 0; c < kDownColumns; ++c) {
-#pragma unroll
-        for (int r = 0; r < kDownRowsPerPass; ++r) {
-          if (r < rows_here) {
-            const float v = to_float(from_float<T>(warp_sum(acc[c][r])));
-            if (lane == r * kDownColumns + c) y[groups.order[begin + pass + r]][c] = v;
-          }
-        }
-      }
-    }
+    const int* slots = groups.order + groups.begin[group];
+    down_columns<T, kDownColumns, kDownRowsPerPass>(
+        static_cast<const T*>(p.ops.w2) + groups.expert[group] * p.ops.w2_expert_stride, first,
+        p.ops.intermediate, groups.begin[group + 1] - groups.begin[group],
+        [=](int64_t r) { return h + slots[r] * h_stride; },
+        [=](int64_t r, int c, float v) { y_rows[slots[r]][c] = to_float(from_float<T>(v)); });
   }
   __syncthreads();
   // out[t][first + c] = sum over j in order of w[t, j] * y[t k + j][c], skipped slots adding
   // nothing, as the combine stage sums (padding rows and rows without a placed slot get 0).
+  auto* out = static_cast<T*>(p.ops.out);
   for (int64_t i = threadIdx.x; i < p.tokens * kDownColumns; i += blockDim.x) {
     const int64_t token = i / kDownColumns;
     const int c = static_cast<int>(i % kDownColumns);
@@ -231,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine
       if ((groups.placed >> slot) & 1u)
         sum = __fadd_rn(sum, __fmul_rn(p.topk_weights[slot], y[slot][c]));
     }
-    static_cast<T*>(p.out)[token * p.out_stride + first + c] = from_float<T>(sum);
+    out[token * p.ops.out_stride + first + c] = from_float<T>(sum);
   }
 }
 
@@ -262,6 +227,39 @@ gemm::WeightStreamArgs streamed_operands(const LayerStages& s) {
   return args;
 }
 
+// The fused kernels' parameters, or nothing when the path does not apply to this call.
+std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerStages& s) {
+  const int64_t tokens = s.gather.x.size(0);
+  const int64_t slots = tokens * config.top_k;
+  const int64_t local_experts = config.num_local_experts();
+  if (!fused_decode_enabled() || config.layout != Layout::contiguous || tokens == 0 ||
+      slots > kFusedDecodeMaxSlots || local_experts == 0) {
+    return std::nullopt;
+  }
+  if (config.expert_kernel != ExpertKernel::automatic &&
+      config.expert_kernel != ExpertKernel::weight_stream) {
+    return std::nullopt;
+  }
+  DecodeParams p{};
+  p.ops = streamed_operands(s);
+  if (!gemm::weight_stream_supports(p.ops, local_experts)) return std::nullopt;
+  if (config.expert_kernel == ExpertKernel::automatic &&
+      !gemm::weight_stream_preferred(slots, local_experts, config.hidden)) {
+    return std::nullopt;
+  }
+  p.topk_ids = s.plan.topk_ids.ptr<const int32_t>();
+  p.topk_weights = s.combine.topk_weights.ptr<const float>();
+  p.tokens = tokens;
+  p.top_k = static_cast<int>(config.top_k);
+  p.slots = static_cast<int>(slots);
+  p.num_valid_tokens = s.plan.num_valid_tokens;
+  p.num_experts = config.num_experts;
+  p.expert_begin = config.expert_begin;
+  p.expert_end = config.local_expert_end();
+  p.diagnostics = s.plan.diagnostics;
+  return p;
+}
+
 template <class T>
 void launch(const DecodeParams& p, cudaStream_t stream) {
   constexpr int64_t kGateUpBlockColumns = kWarps * kGateUpColumns;
@@ -270,13 +268,13 @@ void launch(const DecodeParams& p, cudaStream_t stream) {
   const auto expert_blocks =
       static_cast<unsigned>(local_experts < p.slots ? local_experts : p.slots);
   const dim3 gate_up_grid(
-      static_cast<unsigned>((p.intermediate + kGateUpBlockColumns - 1) / kGateUpBlockColumns),
+      static_cast<unsigned>((p.ops.intermediate + kGateUpBlockColumns - 1) / kGateUpBlockColumns),
       expert_blocks);
   launch_overlapped(decode_gate_up<T>, gate_up_grid, dim3(kThreads), 0, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
   // A warp per group of slots, at most kWarps (the rest take turns): few slots, few warps.
   const int down_warps = p.slots < kWarps ? p.slots : kWarps;
-  const dim3 down_grid(static_cast<unsigned>(p.hidden / kDownColumns));
+  const dim3 down_grid(static_cast<unsigned>(p.ops.hidden / kDownColumns));
   launch_overlapped(decode_down_combine<T>, down_grid, dim3(32 * down_warps), 0, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
@@ -284,58 +282,19 @@ void launch(const DecodeParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool fused_decode_applies(const MoeConfig& config, const LayerStages& s) {
-  const int64_t tokens = s.gather.x.size(0);
-  const int64_t slots = tokens * config.top_k;
-  const int64_t local_experts = config.num_local_experts();
-  if (!fused_decode_enabled() || config.layout != Layout::contiguous || tokens == 0 ||
-      slots > kFusedDecodeMaxSlots || local_experts == 0) {
-    return false;
-  }
-  if (config.expert_kernel != ExpertKernel::automatic &&
-      config.expert_kernel != ExpertKernel::weight_stream) {
-    return false;
-  }
-  const gemm::WeightStreamArgs operands = streamed_operands(s);
-  if (!gemm::weight_stream_supports(operands, local_experts)) return false;
-  return config.expert_kernel == ExpertKernel::weight_stream ||
-         gemm::weight_stream_preferred(slots, local_experts, config.hidden);
+  return decode_params(config, s).has_value();
 }
 
-void fused_decode(const MoeConfig& config, const LayerStages& s, void* stream) {
-  const gemm::WeightStreamArgs operands = streamed_operands(s);
-  DecodeParams p{};
-  p.x = operands.a;
-  p.x_stride = operands.a_stride;
-  p.topk_ids = s.plan.topk_ids.ptr<const int32_t>();
-  p.topk_weights = s.combine.topk_weights.ptr<const float>();
-  p.tokens = s.gather.x.size(0);
-  p.top_k = static_cast<int>(config.top_k);
-  p.slots = static_cast<int>(p.tokens * config.top_k);
-  p.num_valid_tokens = s.plan.num_valid_tokens;
-  p.num_experts = config.num_experts;
-  p.expert_begin = config.expert_begin;
-  p.expert_end = config.local_expert_end();
-  p.w13 = operands.w13;
-  p.w13_expert_stride = operands.w13_expert_stride;
-  p.w2 = operands.w2;
-  p.w2_expert_stride = operands.w2_expert_stride;
-  p.h = operands.h;
-  p.h_stride = operands.h_stride;
-  p.out = operands.out;
-  p.out_stride = operands.out_stride;
-  p.hidden = operands.hidden;
-  p.intermediate = operands.intermediate;
-  p.activation = operands.activation;
-  p.diagnostics = s.plan.diagnostics;
-  IRONMOE_CHECK(p.slots >= 1 && p.slots <= kFusedDecodeMaxSlots &&
-                    gemm::weight_stream_supports(operands, p.expert_end - p.expert_begin),
-                "Layer::forward", "internal: fused decode called outside fused_decode_applies");
+bool try_fused_decode(const MoeConfig& config, const LayerStages& s, void* stream) {
+  const std::optional<DecodeParams> p = decode_params(config, s);
+  if (!p) return false;
   const cudaStream_t cuda_stream = as_cuda_stream(stream);
-  if (operands.dtype == DType::bf16) {
-    launch<__nv_bfloat16>(p, cuda_stream);
+  if (p->ops.dtype == DType::bf16) {
+    launch<__nv_bfloat16>(*p, cuda_stream);
   } else {
-    launch<__half>(p, cuda_stream);
+    launch<__half>(*p, cuda_stream);
   }
+  return true;
 }
 
 }  // namespace ironmoe::cuda

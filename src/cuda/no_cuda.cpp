@@ -19,6 +19,6 @@ size_t expert_scratch_bytes(int64_t, int64_t, int64_t, int64_t, DType, int) { re
 void experts(const ExpertArgs&, void*) { unavailable("experts"); }
 void combine(const CombineArgs&, void*) { unavailable("combine"); }
 bool fused_decode_applies(const MoeConfig&, const LayerStages&) { return false; }
-void fused_decode(const MoeConfig&, const LayerStages&, void*) { unavailable("Layer::forward"); }
+bool try_fused_decode(const MoeConfig&, const LayerStages&, void*) { return false; }
 
 }  // namespace ironmoe::cuda

@@ -89,15 +89,11 @@ __device__ void count_chunk(const PlanParams& p, int64_t chunk, int* hist) {
   int remote = 0;
   for (int64_t s = begin + tid; s < end; s += kPlanThreads) {
     if (core::slot_token(s, p.top_k) >= valid) continue;  // padding rows are not counted
-    const int32_t id = p.topk_ids[s];
-    const int e = core::local_expert_of(id, p.expert_begin, p.expert_end);
-    if (e >= 0) {
-      atomicAdd(&hist[e], 1);
-    } else if (id < 0 || id >= p.num_experts) {
-      ++out_of_range;
-    } else {
-      ++remote;
-    }
+    const core::SlotPlace place =
+        core::place_slot(p.topk_ids[s], p.num_experts, p.expert_begin, p.expert_end);
+    if (place.local_expert >= 0) atomicAdd(&hist[place.local_expert], 1);
+    out_of_range += place.out_of_range ? 1 : 0;
+    remote += place.remote ? 1 : 0;
   }
   if (p.diagnostics == nullptr) return;
   out_of_range = warp_sum(out_of_range);

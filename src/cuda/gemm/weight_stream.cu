@@ -92,32 +92,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   int64_t expert = 0, first = 0;
   RowRange range;
   if (!warp_task<kColumns>(rows, hidden, active, &expert, &range, &first)) return;
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  const T* weights[kColumns];
-#pragma unroll
-  for (int c = 0; c < kColumns; ++c)
-    weights[c] = w2 + expert * w2_expert_stride + (first + c) * intermediate;
-  for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
-    const int rows_here =
-        static_cast<int>(range.count - pass < kRowsPerPass ? range.count - pass : kRowsPerPass);
-    const T* x[kRowsPerPass];
-#pragma unroll
-    for (int r = 0; r < kRowsPerPass; ++r)
-      x[r] = h + (range.begin + pass + min(r, rows_here - 1)) * h_stride;
-    float acc[kColumns][kRowsPerPass] = {};
-    stream_rows<T, kColumns>(weights, x, rows_here, intermediate, acc);
-#pragma unroll
-    for (int c = 0; c < kColumns; ++c) {
-#pragma unroll
-      for (int r = 0; r < kRowsPerPass; ++r) {
-        if (r < rows_here) {
-          const float v = warp_sum(acc[c][r]);
-          if (lane == r * kColumns + c)
-            out[(range.begin + pass + r) * out_stride + first + c] = from_float<T>(v);
-        }
-      }
-    }
-  }
+  down_columns<T, kColumns, kRowsPerPass>(
+      w2 + expert * w2_expert_stride, first, intermediate, range.count,
+      [&](int64_t r) { return h + (range.begin + r) * h_stride; },
+      [&](int64_t r, int c, float v) {
+        out[(range.begin + r) * out_stride + first + c] = from_float<T>(v);
+      });
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

@@ -121,4 +121,36 @@ __device__ __forceinline__ void gate_up_columns(const T* w13, int64_t first, int
   }
 }
 
+// One warp's share of down for one expert: for token rows r < count and c < kColumns,
+//   store(r, c, h_row(r) . w2[first + c])
+// (the fp32 sum, identical in every lane, stored by one lane) where w2 is the expert's [H, I]
+// weights. Each weight row is read once per kXRows token rows. Every column in
+// [first, first + kColumns) must exist.
+template <class T, int kColumns, int kXRows, class HRow, class Store>
+__device__ __forceinline__ void down_columns(const T* w2, int64_t first, int64_t intermediate,
+                                             int64_t count, HRow h_row, Store store) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const T* weights[kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) weights[c] = w2 + (first + c) * intermediate;
+  for (int64_t pass = 0; pass < count; pass += kXRows) {
+    const int rows_here = static_cast<int>(count - pass < kXRows ? count - pass : kXRows);
+    const T* x[kXRows];
+#pragma unroll
+    for (int r = 0; r < kXRows; ++r) x[r] = h_row(pass + min(r, rows_here - 1));
+    float acc[kColumns][kXRows] = {};
+    stream_rows<T, kColumns, kXRows>(weights, x, rows_here, intermediate, acc);
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+#pragma unroll
+      for (int r = 0; r < kXRows; ++r) {
+        if (r < rows_here) {
+          const float v = warp_sum(acc[c][r]);
+          if (lane == r * kColumns + c) store(pass + r, c, v);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace ironmoe::cuda::gemm::streaming
