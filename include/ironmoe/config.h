@@ -39,6 +39,9 @@ struct MoeConfig {
   Layout layout = Layout::contiguous;  // how Layer lays out permuted rows
   int64_t batched_capacity = 0;        // rows per expert for Layout::batched (0: max_tokens)
   ExpertKernel expert_kernel = ExpertKernel::automatic;  // CUDA expert kernel family
+  // none: weights in `dtype`; an fp8 scheme: f8e4m3 weights with f32 scales (layer.h Weights),
+  // activations quantised to E4M3 on the fly; x and out stay in `dtype`.
+  QuantScheme quant = QuantScheme::none;
 
   int64_t local_expert_end() const { return expert_end < 0 ? num_experts : expert_end; }
   int64_t num_local_experts() const { return local_expert_end() - expert_begin; }

@@ -6,6 +6,11 @@
 // fp32 accumulation; h is stored in the weights' dtype between the two GEMMs. The offsets/counts
 // pair describes both layouts (contiguous and batched), so every dispatch path feeds this stage.
 // Rows outside every expert's range are neither read nor written.
+//
+// FP8 experts (quant != none, docs/formats.md "FP8 experts"): w13 and w2 hold E4M3 codes with f32
+// scales; both GEMM inputs are quantised to E4M3 inside the stage (permuted_in per the scheme,
+// h straight from GEMM1's fp32 result), each product is code x code, scaled per the scheme, and
+// summed in fp32; out is rounded once to permuted_in's dtype. `intermediate` is not written.
 #include "ironmoe/stream.h"
 #include "ironmoe/tensor.h"
 
@@ -21,15 +26,28 @@ struct ExpertArgs {
   ExpertKernel kernel = ExpertKernel::automatic;  // CUDA only (types.h)
   TensorView intermediate;    // scratch [R, I], same dtype
   TensorView permuted_out;    // out [R, H], same dtype
+  // FP8 experts: the scheme, weight scales (f32, contiguous) and, for fp8_tensor only, optional
+  // static activation scales (f32 [1] each; absent: dynamic, computed from the stage's rows).
+  //   fp8_tensor   w13_scale [E_local]          w2_scale [E_local]
+  //   fp8_channel  w13_scale [E_local, 2I]      w2_scale [E_local, H]
+  //   fp8_block    w13_scale [E_local, ceil(2I/128), ceil(H/128)]
+  //                w2_scale  [E_local, ceil(H/128), ceil(I/128)]
+  QuantScheme quant = QuantScheme::none;
+  TensorView w13_scale;
+  TensorView w2_scale;
+  TensorView w13_input_scale;
+  TensorView w2_input_scale;
   // Scratch for the device backends (expert_scratch_bytes); may be null on the CPU.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
 };
 
-// Scratch the device backends need for up to max_rows permuted rows (the gate/up GEMM output,
-// the grouped-GEMM problem list and the GEMM library's own workspace); 0 on the CPU.
+// Scratch the stage needs for up to max_rows permuted rows: on CUDA the gate/up GEMM output, the
+// grouped-GEMM problem list and the GEMM library's own workspace; with FP8 experts the quantised
+// activations and their scales (core/fp8_scratch.h). 0 on the CPU without FP8.
 size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermediate,
-                            int64_t num_local_experts, DType dtype, Device device);
+                            int64_t num_local_experts, DType dtype, Device device,
+                            QuantScheme quant = QuantScheme::none);
 void experts(const ExpertArgs& args, const Stream& stream);
 
 }  // namespace ironmoe

@@ -7,6 +7,7 @@
 #include "ironmoe/gather.h"
 #include "ironmoe/layer.h"
 #include "ironmoe/plan.h"
+#include "ironmoe/quantize.h"
 #include "ironmoe/route.h"
 #include "ironmoe/stream.h"
 #include "ironmoe/tensor.h"

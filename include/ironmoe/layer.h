@@ -10,6 +10,7 @@
 #include "ironmoe/experts.h"
 #include "ironmoe/gather.h"
 #include "ironmoe/plan.h"
+#include "ironmoe/quantize.h"
 #include "ironmoe/route.h"
 #include "ironmoe/stream.h"
 #include "ironmoe/tensor.h"
@@ -29,8 +30,15 @@ struct Inputs {
 };
 
 struct Weights {
-  TensorView w13;  // [E_local, 2I, H]
+  TensorView w13;  // [E_local, 2I, H]: config.dtype, or f8e4m3 with an fp8 config.quant
   TensorView w2;   // [E_local, H, I]
+  // FP8 only (shapes in experts.h ExpertArgs, docs/formats.md "FP8 experts"): f32 weight scales
+  // and, for fp8_tensor, optional static activation scales f32 [1]. Without a static GEMM1 input
+  // scale the layer computes it over the valid tokens' rows (fp8_input_scale, quantize.h).
+  TensorView w13_scale;
+  TensorView w2_scale;
+  TensorView w13_input_scale;
+  TensorView w2_input_scale;
 };
 
 struct Outputs {
@@ -52,11 +60,14 @@ size_t workspace_bytes(const MoeConfig& config, Device device);
 // CUDA, a decode batch (T * k <= 32 slots, contiguous layout, experts that would stream weights)
 // runs plan through combine as two fused kernels, whose output equals these stages' bit for bit;
 // the workspace's plan and permuted buffers are then not written (IRONMOE_FUSED_DECODE=0 turns
-// the fusion off).
+// the fusion off). With fp8_tensor and no static GEMM1 input scale, input_scale runs before the
+// experts (after route, or anywhere before experts).
 struct LayerStages {
   bool has_route = false;  // false: precomputed topk_ids / topk_weights
   RoutingConfig routing;
   RouteArgs route;
+  bool has_input_scale = false;  // fp8_tensor without a static w13_input_scale: run first
+  Fp8InputScaleArgs input_scale;
   PlanArgs plan;
   GatherArgs gather;
   ExpertArgs experts;

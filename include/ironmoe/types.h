@@ -6,7 +6,8 @@
 namespace ironmoe {
 
 // Storage types. Arithmetic is always fp32 (accumulation included), whatever the storage.
-enum class DType : uint8_t { f32, bf16, f16, i32 };
+// f8e4m3: OCP E4M3 "fn" bytes, for FP8 expert weights only (MoeConfig::quant, docs/formats.md).
+enum class DType : uint8_t { f32, bf16, f16, i32, f8e4m3 };
 
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
@@ -46,6 +47,17 @@ enum class Layout : uint8_t { contiguous, batched };
 // A forced kernel that cannot take the operands is an error, never a silent fallback.
 enum class ExpertKernel : uint8_t { automatic, grouped_gemm, weight_stream, cuda_cores };
 const char* expert_kernel_name(ExpertKernel kernel);
+
+// How the expert GEMMs quantise (docs/formats.md "FP8 experts"): none keeps the weights in the
+// storage dtype; the fp8 schemes take E4M3 weights with f32 scales and quantise the activations
+// of both GEMMs to E4M3 on the fly.
+//  fp8_tensor   one scale per expert weight tensor; activations: one scale per tensor, static
+//               (given) or dynamic (computed from the batch)
+//  fp8_channel  one scale per output channel of each weight; activations: one scale per row
+//  fp8_block    one scale per 128x128 weight block (DeepSeek-V3); activations: one per row and
+//               128 columns of K
+enum class QuantScheme : uint8_t { none, fp8_tensor, fp8_channel, fp8_block };
+const char* quant_scheme_name(QuantScheme quant);
 
 // Counters of the optional diagnostics buffer (int32[kDiagnosticCount] on the stage's device).
 // Counting is the only thing atomics are used for; no result depends on them.

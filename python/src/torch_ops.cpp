@@ -192,7 +192,9 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   inputs.x = view_of(hidden_states, "hidden_states");
   inputs.topk_ids = view_of(ids, "topk_ids");
   inputs.topk_weights = view_of(weights, "topk_weights");
-  const Weights layer_weights{view_of(w1, "w1"), view_of(w2, "w2")};
+  Weights layer_weights;
+  layer_weights.w13 = view_of(w1, "w1");
+  layer_weights.w2 = view_of(w2, "w2");
   const Outputs outputs{view_of(out, "out")};
   std::optional<ThreadPool> threads;
   if (device.type == DeviceType::cpu) threads.emplace(cpu_threads());

@@ -20,6 +20,16 @@ const char* routing_kind_name(RoutingKind kind) {
   return "unknown-routing";
 }
 
+const char* quant_scheme_name(QuantScheme quant) {
+  switch (quant) {
+    case QuantScheme::none: return "none";
+    case QuantScheme::fp8_tensor: return "fp8_tensor";
+    case QuantScheme::fp8_channel: return "fp8_channel";
+    case QuantScheme::fp8_block: return "fp8_block";
+  }
+  return "unknown-quant";
+}
+
 const char* expert_kernel_name(ExpertKernel kernel) {
   switch (kernel) {
     case ExpertKernel::automatic: return "automatic";
@@ -87,6 +97,10 @@ void MoeConfig::validate() const {
   api::check_routing(where, routing, num_experts, top_k);
   IRONMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16, where,
                 "dtype: expected f32, bf16 or f16, got ", dtype_name(dtype));
+  IRONMOE_CHECK(quant == QuantScheme::none || quant == QuantScheme::fp8_tensor ||
+                    quant == QuantScheme::fp8_channel || quant == QuantScheme::fp8_block,
+                where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
+                static_cast<int>(quant));
   IRONMOE_CHECK(layout == Layout::contiguous || layout == Layout::batched, where,
                 "layout: expected contiguous or batched, got ", static_cast<int>(layout));
   IRONMOE_CHECK(batched_capacity >= 0, where, "batched_capacity: expected >= 0 (0: max_tokens), ",

@@ -2,13 +2,15 @@
 #include "ironmoe/experts.h"
 
 #include "api/validate.h"
+#include "core/fp8_scratch.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
 
 namespace ironmoe {
 
 size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermediate,
-                            int64_t num_local_experts, DType dtype, Device device) {
+                            int64_t num_local_experts, DType dtype, Device device,
+                            QuantScheme quant) {
   const char* where = "expert_scratch_bytes";
   IRONMOE_CHECK(max_rows >= 0, where, "max_rows: expected >= 0, got ", max_rows);
   IRONMOE_CHECK(hidden >= 1, where, "hidden: expected >= 1, got ", hidden);
@@ -16,6 +18,12 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
   IRONMOE_CHECK(num_local_experts >= 0, where, "num_local_experts: expected >= 0, got ",
                 num_local_experts);
   api::check_float_dtype(where, "dtype", dtype, device);
+  IRONMOE_CHECK(quant == QuantScheme::none || device.is_cpu(), where, "quant ",
+                quant_scheme_name(quant),
+                ": FP8 experts run on the cpu backend only so far (their cuda kernels are not built yet)");
+  if (quant != QuantScheme::none) {
+    return core::fp8_scratch(quant, max_rows, hidden, intermediate).total_bytes;
+  }
   if (device.is_cpu()) return 0;  // the CPU stage keeps its fp32 tiles on the stack
   return cuda::expert_scratch_bytes(max_rows, hidden, intermediate, num_local_experts, dtype,
                                     device.index);
@@ -37,15 +45,24 @@ void experts(const ExpertArgs& args, const Stream& stream) {
                 " rows, got ", rows);
   IRONMOE_CHECK(hidden >= 1, where, "permuted_in: expected H >= 1 columns, got ", hidden);
 
+  IRONMOE_CHECK(args.quant == QuantScheme::none || args.quant == QuantScheme::fp8_tensor ||
+                    args.quant == QuantScheme::fp8_channel ||
+                    args.quant == QuantScheme::fp8_block,
+                where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
+                static_cast<int>(args.quant));
+  const DType weight_dtype = args.quant == QuantScheme::none ? dtype : DType::f8e4m3;
   IRONMOE_CHECK(api::present(args.w13), where, "w13: expected an [E_local, 2I, H] tensor, ",
                 "got none");
-  check_tensor(where, "w13", args.w13, {dtype, {-1, -1, hidden}}, device);
+  check_tensor(where, "w13", args.w13, {weight_dtype, {-1, -1, hidden}}, device);
   const int64_t local_experts = args.w13.size(0);
   const int64_t gate_up = args.w13.size(1);
   IRONMOE_CHECK(gate_up >= 2 && gate_up % 2 == 0, where, "w13: expected an even number 2I >= 2 ",
                 "of rows per expert (gate then up), got ", gate_up);
   const int64_t intermediate = gate_up / 2;
-  check_tensor(where, "w2", args.w2, {dtype, {local_experts, hidden, intermediate}}, device);
+  api::check_quantized_weights(where,
+                               {"", args.w13, args.w2, args.w13_scale, args.w2_scale,
+                                args.w13_input_scale, args.w2_input_scale},
+                               args.quant, dtype, local_experts, hidden, intermediate, device);
 
   const bool offsets_ok = args.expert_offsets.ndim == 1 &&
                           (args.expert_offsets.size(0) == local_experts ||
@@ -64,7 +81,7 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   check_tensor(where, "permuted_out", args.permuted_out, {dtype, {rows, hidden}}, device);
   api::check_scratch(where, args.scratch, args.scratch_bytes,
                      expert_scratch_bytes(rows, hidden, intermediate, local_experts, dtype,
-                                          device));
+                                          device, args.quant));
 
   if (device.is_cpu()) {
     cpu::experts(args, stream.threads);

@@ -21,6 +21,9 @@ void check_config_for(const char* where, const MoeConfig& config, Device device)
   config.validate();
   api::check_stream(where, Stream{device, nullptr, nullptr});
   api::check_float_dtype(where, "config.dtype", config.dtype, device);
+  IRONMOE_CHECK(config.quant == QuantScheme::none || device.is_cpu(), where, "config.quant ",
+                quant_scheme_name(config.quant),
+                ": FP8 experts run on the cpu backend only so far (their cuda kernels are not built yet)");
 }
 
 }  // namespace
@@ -40,6 +43,7 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
                     const Workspace& workspace, const Stream& stream) const {
   const LayerStages s = stages(inputs, weights, outputs, workspace, stream);
   if (s.has_route) route(s.routing, s.route, stream);
+  if (s.has_input_scale) fp8_input_scale(s.input_scale, stream);
   if (device_.is_cuda() && cuda::try_fused_decode(config_, s, stream.cuda_stream)) return;
   plan(s.plan, stream);
   gather(s.gather, stream);
@@ -95,9 +99,10 @@ LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Ou
                  {DType::f32, {num_experts}}, device);
   }
 
-  check_tensor(where, "weights.w13", weights.w13, {c.dtype, {local_experts, 2 * inter, hidden}},
-               device);
-  check_tensor(where, "weights.w2", weights.w2, {c.dtype, {local_experts, hidden, inter}}, device);
+  api::check_quantized_weights(where,
+                               {"weights.", weights.w13, weights.w2, weights.w13_scale,
+                                weights.w2_scale, weights.w13_input_scale, weights.w2_input_scale},
+                               c.quant, c.dtype, local_experts, hidden, inter, device);
   check_tensor(where, "outputs.out", outputs.out, {c.dtype, {tokens, hidden}, true}, device);
 
   const core::WorkspaceLayout layout = core::workspace_layout(c, device);
@@ -164,6 +169,18 @@ LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Ou
   expert_args.permuted_out = view(layout.permuted_out, c.dtype, {rows, hidden});
   expert_args.scratch = base + layout.expert_scratch;
   expert_args.scratch_bytes = layout.expert_scratch_bytes;
+  expert_args.quant = c.quant;
+  expert_args.w13_scale = weights.w13_scale;
+  expert_args.w2_scale = weights.w2_scale;
+  expert_args.w13_input_scale = weights.w13_input_scale;
+  expert_args.w2_input_scale = weights.w2_input_scale;
+  if (c.quant == QuantScheme::fp8_tensor && !api::present(weights.w13_input_scale)) {
+    result.has_input_scale = true;
+    result.input_scale.x = inputs.x;
+    result.input_scale.num_valid_tokens = inputs.num_valid_tokens;
+    result.input_scale.scale = view(layout.input_scale, DType::f32, {1});
+    expert_args.w13_input_scale = result.input_scale.scale;
+  }
 
   CombineArgs& combine_args = result.combine;
   combine_args.permuted_out = expert_args.permuted_out;

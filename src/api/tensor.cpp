@@ -15,6 +15,7 @@ size_t dtype_size(DType dtype) {
     case DType::bf16: return 2;
     case DType::f16: return 2;
     case DType::i32: return 4;
+    case DType::f8e4m3: return 1;
   }
   core::fail("dtype_size", "unknown dtype ", static_cast<int>(dtype));
 }
@@ -25,6 +26,7 @@ const char* dtype_name(DType dtype) {
     case DType::bf16: return "bf16";
     case DType::f16: return "f16";
     case DType::i32: return "i32";
+    case DType::f8e4m3: return "f8e4m3";
   }
   return "unknown-dtype";
 }

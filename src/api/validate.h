@@ -6,6 +6,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <string_view>
 
 #include "core/check.h"
 #include "core/routing_rules.h"
@@ -79,6 +80,24 @@ inline void check_scratch(const char* where, const void* scratch, size_t scratch
   IRONMOE_CHECK(required == 0 || scratch != nullptr, where, "scratch: expected a buffer of ",
                 required, " bytes, got a null pointer");
 }
+
+// The expert weights of a stage or layer call (names in messages start with `prefix`).
+struct QuantizedWeightViews {
+  const char* prefix;
+  const TensorView& w13;
+  const TensorView& w2;
+  const TensorView& w13_scale;
+  const TensorView& w2_scale;
+  const TensorView& w13_input_scale;
+  const TensorView& w2_input_scale;
+};
+
+// w13 [E_local, 2I, H] and w2 [E_local, H, I] in `dtype` (quant none, and then no scales) or
+// E4M3 with the scheme's f32 scales (docs/formats.md "FP8 experts"); static activation scales
+// only with fp8_tensor. FP8 is CPU-only for now: a CUDA device is refused with that reason.
+void check_quantized_weights(const char* where, const QuantizedWeightViews& weights,
+                             QuantScheme quant, DType dtype, int64_t local_experts, int64_t hidden,
+                             int64_t intermediate, Device device);
 
 // Routing parameters against the number of experts and k (also used by MoeConfig::validate).
 void check_routing(const char* where, const RoutingConfig& routing, int64_t num_experts,

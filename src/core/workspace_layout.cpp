@@ -48,11 +48,13 @@ WorkspaceLayout workspace_layout(const MoeConfig& config, Device device) {
   layout.permuted_in = carver.take(bytes_of(rows * config.hidden, config.dtype));
   layout.intermediate = carver.take(bytes_of(rows * config.intermediate, config.dtype));
   layout.permuted_out = carver.take(bytes_of(rows * config.hidden, config.dtype));
+  layout.input_scale =
+      carver.take(config.quant == QuantScheme::fp8_tensor ? sizeof(float) : size_t{0});
   layout.plan_scratch_bytes =
       plan_scratch_bytes(config.max_tokens, config.top_k, local_experts, device);
   layout.plan_scratch = carver.take(layout.plan_scratch_bytes);
-  layout.expert_scratch_bytes = expert_scratch_bytes(rows, config.hidden, config.intermediate,
-                                                     local_experts, config.dtype, device);
+  layout.expert_scratch_bytes = expert_scratch_bytes(
+      rows, config.hidden, config.intermediate, local_experts, config.dtype, device, config.quant);
   layout.expert_scratch = carver.take(layout.expert_scratch_bytes);
   layout.total_bytes = carver.end();
   return layout;

@@ -22,6 +22,7 @@ struct WorkspaceLayout {
   size_t permuted_in = 0;     // dtype [R, H]
   size_t intermediate = 0;    // dtype [R, I]
   size_t permuted_out = 0;    // dtype [R, H]
+  size_t input_scale = 0;     // f32 [1], fp8_tensor's dynamic GEMM1 input scale
   size_t plan_scratch = 0;
   size_t plan_scratch_bytes = 0;
   size_t expert_scratch = 0;

@@ -6,6 +6,7 @@
 #include "ironmoe/experts.h"
 #include "ironmoe/gather.h"
 #include "ironmoe/plan.h"
+#include "ironmoe/quantize.h"
 #include "ironmoe/route.h"
 
 namespace ironmoe::cpu {
@@ -15,5 +16,6 @@ void plan(const PlanArgs& args, ThreadPool* threads);
 void gather(const GatherArgs& args, ThreadPool* threads);
 void experts(const ExpertArgs& args, ThreadPool* threads);
 void combine(const CombineArgs& args, ThreadPool* threads);
+void fp8_input_scale(const Fp8InputScaleArgs& args, ThreadPool* threads);
 
 }  // namespace ironmoe::cpu

@@ -1,266 +1,18 @@
-// CPU expert MLPs. Work is split into items (local expert, row block, column block); each item
-// widens its rows and weight rows to fp32 tiles on the stack, one depth block at a time, and
-// multiplies them with a register-blocked micro kernel the compiler vectorises.
-//
-// Numerics: every output element is a dot product over K kept in kLanes fp32 partial sums (lane
-// l adds the products of k = l, l + kLanes, ... in increasing k), combined at the end by one
-// fixed tree (reduce_lanes). That order does not depend on the tile an element falls in, the
-// number of rows its expert has or the thread that runs it, so results are the same for every
-// thread count and every batch a token shares.
+// CPU expert MLPs in the storage dtype (bf16, f32) on the tile matmul of tile_matmul.h; FP8
+// experts are experts_fp8.cpp.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 
-#include "core/bf16.h"
 #include "core/check.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/experts_fp8.h"
 #include "cpu/parallel.h"
+#include "cpu/tile_matmul.h"
 
 namespace ironmoe::cpu {
 namespace {
 
-constexpr int kLanes = 8;             // partial sums per dot product (one AVX / two SSE vectors)
-constexpr int kMicroRows = 2;         // token rows of a micro tile (register block)
-constexpr int kMicroCols = 4;         // weight rows of a micro tile
-constexpr int64_t kRowBlock = 32;     // token rows of one work item
-constexpr int64_t kColBlock = 32;     // weight rows (output columns) of one work item
-constexpr int64_t kDepthBlock = 256;  // K per fp32 tile
-// GEMM1 computes gate and up rows of the same intermediate columns side by side.
-constexpr int64_t kGateUpCols = kColBlock / 2;
-
-static_assert(kGateUpCols % kMicroCols == 0);
-static_assert(kDepthBlock % kLanes == 0, "lane l must keep meaning k = l mod kLanes");
-
-// The fp32 working set of one work item, 96 KiB of stack.
-struct Tiles {
-  alignas(64) float a[kRowBlock][kDepthBlock];           // token rows, one depth block
-  alignas(64) float w[kColBlock][kDepthBlock];           // weight rows, one depth block
-  alignas(64) float acc[kRowBlock][kColBlock][kLanes];  // lane partial sums over all of K
-};
-
-template <class Storage>
-inline float load(const Storage* p, int64_t i) {
-  if constexpr (sizeof(Storage) == 2) {
-    return core::bf16_to_float(p[i]);
-  } else {
-    return p[i];
-  }
-}
-
-template <class Storage>
-inline void store(Storage* p, int64_t i, float v) {
-  if constexpr (sizeof(Storage) == 2) {
-    p[i] = core::float_to_bf16(v);
-  } else {
-    p[i] = v;
-  }
-}
-
-float activate(Activation activation, float gate) {
-  if (activation == Activation::gelu_and_mul) {
-    return 0.5f * gate * (1.0f + std::erf(gate * 0.70710678118654752f));
-  }
-  return gate / (1.0f + std::exp(-gate));
-}
-
-// The fixed combination of the lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
-inline float reduce_lanes(const float* lanes) {
-  float half[kLanes / 2];
-  for (int l = 0; l < kLanes / 2; ++l) half[l] = lanes[l] + lanes[l + kLanes / 2];
-  return (half[0] + half[2]) + (half[1] + half[3]);
-}
-
-// Widens src[0, count) to dst and zero-pads it to `padded` (a multiple of kLanes).
-template <class Storage>
-[[gnu::always_inline]] inline void widen(const Storage* src, int64_t count, int64_t padded, float* dst) {
-  for (int64_t k = 0; k < count; ++k) dst[k] = load(src, k);
-  std::fill(dst + count, dst + padded, 0.0f);
-}
-
-// The micro kernel is written once with GCC/Clang vector extensions, for vectors of 4 or 8
-// floats; vector arithmetic is lane by lane, so every instantiation computes exactly the per-lane
-// sums defined above, bit for bit. x86-64 builds for the baseline ISA (SSE2) also carry an AVX2
-// copy, picked at run time; it does not enable FMA, so products round as in the baseline.
-typedef float Float4 __attribute__((vector_size(4 * sizeof(float))));
-typedef float Float8 __attribute__((vector_size(8 * sizeof(float))));
-
-// acc[m][n][l] += sum over k = l, l + kLanes, ... < depth of a[m][k] * w[n][k], for Rows tile rows
-// and kMicroCols weight rows; depth is a multiple of kLanes. The sums live in registers for the
-// whole depth (the unroll pragmas make sure the small arrays below become registers).
-template <class Vector, int Rows>
-[[gnu::always_inline]] inline void micro_tile_body(const float* a, const float* w, int64_t depth,
-                                                   float* acc) {
-  constexpr int kWidth = sizeof(Vector) / sizeof(float);
-  constexpr int kParts = kLanes / kWidth;
-  static_assert(kParts * kWidth == kLanes);
-  Vector sums[Rows][kMicroCols][kParts];
-#pragma GCC unroll 8
-  for (int m = 0; m < Rows; ++m) {
-#pragma GCC unroll 8
-    for (int n = 0; n < kMicroCols; ++n) {
-      const float* lanes = acc + (m * kColBlock + n) * kLanes;
-#pragma GCC unroll 8
-      for (int p = 0; p < kParts; ++p) {
-        std::memcpy(&sums[m][n][p], lanes + p * kWidth, sizeof(Vector));
-      }
-    }
-  }
-  for (int64_t k = 0; k < depth; k += kLanes) {
-    Vector a_k[Rows][kParts];
-    Vector w_k[kMicroCols][kParts];
-#pragma GCC unroll 8
-    for (int p = 0; p < kParts; ++p) {
-      const int64_t offset = k + p * kWidth;
-#pragma GCC unroll 8
-      for (int m = 0; m < Rows; ++m) {
-        std::memcpy(&a_k[m][p], a + m * kDepthBlock + offset, sizeof(Vector));
-      }
-#pragma GCC unroll 8
-      for (int n = 0; n < kMicroCols; ++n) {
-        std::memcpy(&w_k[n][p], w + n * kDepthBlock + offset, sizeof(Vector));
-      }
-    }
-#pragma GCC unroll 8
-    for (int m = 0; m < Rows; ++m) {
-#pragma GCC unroll 8
-      for (int n = 0; n < kMicroCols; ++n) {
-#pragma GCC unroll 8
-        for (int p = 0; p < kParts; ++p) sums[m][n][p] += a_k[m][p] * w_k[n][p];
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int m = 0; m < Rows; ++m) {
-#pragma GCC unroll 8
-    for (int n = 0; n < kMicroCols; ++n) {
-      float* lanes = acc + (m * kColBlock + n) * kLanes;
-#pragma GCC unroll 8
-      for (int p = 0; p < kParts; ++p) {
-        std::memcpy(lanes + p * kWidth, &sums[m][n][p], sizeof(Vector));
-      }
-    }
-  }
-}
-
-// micro_tile_body for the last rows of a block, which may be fewer than kMicroRows.
-template <class Vector, int Rows = kMicroRows>
-[[gnu::always_inline]] inline void micro_tile(int64_t rows, const float* a, const float* w,
-                                              int64_t depth, float* acc) {
-  if constexpr (Rows > 1) {
-    if (rows < Rows) return micro_tile<Vector, Rows - 1>(rows, a, w, depth, acc);
-  }
-  micro_tile_body<Vector, Rows>(a, w, depth, acc);
-}
-
-// `count` consecutive weight rows (each `depth` long) whose results land in tile columns
-// [column, column + count).
-template <class Storage>
-struct Segment {
-  const Storage* rows;
-  int64_t count;
-  int64_t column;
-};
-
-// c[m][column] = dot(A[m], W[column]) for the item's rows and the segments' weight rows, with
-// c of row stride kColBlock.
-template <class Vector, class Storage>
-[[gnu::always_inline]] inline void multiply_body(const Storage* a, int64_t rows, int64_t depth,
-                                                 const Segment<Storage>* segments,
-                                                 int num_segments, Tiles& tiles, float* c) {
-  for (int64_t m = 0; m < rows; ++m) {
-    std::fill(&tiles.acc[m][0][0], &tiles.acc[m][0][0] + kColBlock * kLanes, 0.0f);
-  }
-  for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
-    const int64_t kb = std::min(kDepthBlock, depth - k0);
-    const int64_t padded = (kb + kLanes - 1) / kLanes * kLanes;
-    for (int64_t m = 0; m < rows; ++m) widen(a + m * depth + k0, kb, padded, tiles.a[m]);
-    for (int s = 0; s < num_segments; ++s) {
-      const Segment<Storage>& seg = segments[s];
-      const int64_t used = (seg.count + kMicroCols - 1) / kMicroCols * kMicroCols;
-      for (int64_t i = 0; i < seg.count; ++i) {
-        widen(seg.rows + i * depth + k0, kb, padded, tiles.w[seg.column + i]);
-      }
-      for (int64_t i = seg.count; i < used; ++i) {  // edge of a micro tile: zero weight rows
-        std::fill(tiles.w[seg.column + i], tiles.w[seg.column + i] + padded, 0.0f);
-      }
-      for (int64_t n = seg.column; n < seg.column + used; n += kMicroCols) {
-        for (int64_t m = 0; m < rows; m += kMicroRows) {
-          const float* a_tile = tiles.a[m];
-          const float* w_tile = tiles.w[n];
-          float* acc = &tiles.acc[m][n][0];
-          micro_tile<Vector>(rows - m, a_tile, w_tile, padded, acc);
-        }
-      }
-    }
-  }
-  for (int s = 0; s < num_segments; ++s) {
-    for (int64_t m = 0; m < rows; ++m) {
-      for (int64_t n = segments[s].column; n < segments[s].column + segments[s].count; ++n) {
-        c[m * kColBlock + n] = reduce_lanes(tiles.acc[m][n]);
-      }
-    }
-  }
-}
-
-#if defined(__x86_64__) && !defined(__AVX2__)
-template <class Storage>
-[[gnu::target("avx2")]] void multiply_avx2(const Storage* a, int64_t rows, int64_t depth,
-                                           const Segment<Storage>* segments, int num_segments,
-                                           Tiles& tiles, float* c) {
-  multiply_body<Float8>(a, rows, depth, segments, num_segments, tiles, c);
-}
-
-template <class Storage>
-void multiply(const Storage* a, int64_t rows, int64_t depth, const Segment<Storage>* segments,
-              int num_segments, Tiles& tiles, float* c) {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  if (has_avx2) {
-    multiply_avx2(a, rows, depth, segments, num_segments, tiles, c);
-  } else {
-    multiply_body<Float4>(a, rows, depth, segments, num_segments, tiles, c);
-  }
-}
-#else
-template <class Storage>
-void multiply(const Storage* a, int64_t rows, int64_t depth, const Segment<Storage>* segments,
-              int num_segments, Tiles& tiles, float* c) {
-  multiply_body<Float8>(a, rows, depth, segments, num_segments, tiles, c);
-}
-#endif
-
-// The work of one stage phase: per local expert, row blocks x column blocks.
-struct Problem {
-  const int32_t* offsets;
-  const int32_t* counts;
-  int64_t local_experts;
-  int64_t col_blocks;
-
-  int64_t row_blocks(int64_t e) const { return (counts[e] + kRowBlock - 1) / kRowBlock; }
-  int64_t items() const {
-    int64_t total = 0;
-    for (int64_t e = 0; e < local_experts; ++e) total += row_blocks(e) * col_blocks;
-    return total;
-  }
-  // Calls fn(expert, first_row, rows, col_block) for items [begin, end), column block major so
-  // that consecutive items reuse the same weights.
-  template <class Fn>
-  void for_items(int64_t begin, int64_t end, Fn&& fn) const {
-    int64_t first = 0;
-    for (int64_t e = 0; e < local_experts && first < end; ++e) {
-      const int64_t blocks = row_blocks(e);
-      const int64_t count = blocks * col_blocks;
-      for (int64_t i = std::max(begin, first); i < std::min(end, first + count); ++i) {
-        const int64_t local = i - first;
-        const int64_t row_block = local % blocks;
-        const int64_t row0 = offsets[e] + row_block * kRowBlock;
-        const int64_t rows = std::min<int64_t>(kRowBlock, counts[e] - row_block * kRowBlock);
-        fn(e, row0, rows, local / blocks);
-      }
-      first += count;
-    }
-  }
-};
+using namespace tiles;
 
 template <class Storage>
 void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* threads) {
@@ -273,46 +25,18 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
   auto* y = static_cast<Storage*>(args.permuted_out.data);
 
   // GEMM1 + activation: h = act(x w_gate^T) * (x w_up^T), rounded to the storage dtype.
-  Problem gate_up = problem;
-  gate_up.col_blocks = (inter + kGateUpCols - 1) / kGateUpCols;
-  parallel_for(threads, gate_up.items(), [&](int64_t begin, int64_t end) {
-    Tiles tiles;
-    float tile[kRowBlock * kColBlock];
-    gate_up.for_items(begin, end, [&](int64_t e, int64_t row0, int64_t rows, int64_t block) {
-      const int64_t n0 = block * kGateUpCols;
-      const int64_t nb = std::min(kGateUpCols, inter - n0);
-      const Storage* w = w13 + e * 2 * inter * hidden;
-      const Segment<Storage> segments[2] = {{w + n0 * hidden, nb, 0},
-                                            {w + (inter + n0) * hidden, nb, kGateUpCols}};
-      multiply(x + row0 * hidden, rows, hidden, segments, 2, tiles, tile);
-      for (int64_t m = 0; m < rows; ++m) {
-        const float* c = tile + m * kColBlock;
-        Storage* h_row = h + (row0 + m) * inter + n0;
-        for (int64_t n = 0; n < nb; ++n) {
-          store(h_row, n, activate(args.activation, c[n]) * c[kGateUpCols + n]);
-        }
-      }
-    });
-  });
-
+  gate_up_pass(
+      problem, inter, hidden, PlainRows<Storage>{x, hidden},
+      [&](int64_t e) { return PlainRows<Storage>{w13 + e * 2 * inter * hidden, hidden}; },
+      [&](int64_t row, int64_t n, float gate, float up) {
+        store(h + row * inter, n, activate(args.activation, gate) * up);
+      },
+      threads);
   // GEMM2: y = h w2^T, rounded to the storage dtype.
-  Problem down = problem;
-  down.col_blocks = (hidden + kColBlock - 1) / kColBlock;
-  parallel_for(threads, down.items(), [&](int64_t begin, int64_t end) {
-    Tiles tiles;
-    float tile[kRowBlock * kColBlock];
-    down.for_items(begin, end, [&](int64_t e, int64_t row0, int64_t rows, int64_t block) {
-      const int64_t n0 = block * kColBlock;
-      const int64_t nb = std::min(kColBlock, hidden - n0);
-      const Segment<Storage> segment = {w2 + e * hidden * inter + n0 * inter, nb, 0};
-      multiply(h + row0 * inter, rows, inter, &segment, 1, tiles, tile);
-      for (int64_t m = 0; m < rows; ++m) {
-        const float* c = tile + m * kColBlock;
-        Storage* y_row = y + (row0 + m) * hidden + n0;
-        for (int64_t n = 0; n < nb; ++n) store(y_row, n, c[n]);
-      }
-    });
-  });
+  down_pass(
+      problem, hidden, inter, PlainRows<Storage>{h, inter},
+      [&](int64_t e) { return PlainRows<Storage>{w2 + e * hidden * inter, inter}; },
+      [&](int64_t row, int64_t n, float value) { store(y + row * hidden, n, value); }, threads);
 }
 
 }  // namespace
@@ -330,7 +54,9 @@ void experts(const ExpertArgs& args, ThreadPool* threads) {
                   "expert_offsets/expert_counts: local expert ", e, " has rows [", first, ", ",
                   first + count, "), expected a range inside [0, ", rows, ")");
   }
-  if (args.permuted_in.dtype == DType::bf16) {
+  if (args.quant != QuantScheme::none) {
+    experts_fp8(args, problem, threads);
+  } else if (args.permuted_in.dtype == DType::bf16) {
     run_experts<uint16_t>(args, problem, threads);
   } else {
     run_experts<float>(args, problem, threads);

@@ -232,7 +232,8 @@ std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerSt
   const int64_t tokens = s.gather.x.size(0);
   const int64_t slots = tokens * config.top_k;
   const int64_t local_experts = config.num_local_experts();
-  if (!fused_decode_enabled() || config.layout != Layout::contiguous || tokens == 0 ||
+  if (!fused_decode_enabled() || config.quant != QuantScheme::none ||
+      config.layout != Layout::contiguous || tokens == 0 ||
       slots > kFusedDecodeMaxSlots || local_experts == 0) {
     return std::nullopt;
   }

@@ -40,6 +40,7 @@ void dispatch_float_dtype(const char* where, DType dtype, Body&& body) {
     case DType::bf16: body(__nv_bfloat16{}); return;
     case DType::f16: body(__half{}); return;
     case DType::i32: break;
+    case DType::f8e4m3: break;
   }
   core::fail(where, "expected a floating-point dtype (f32, bf16, f16), got ", dtype_name(dtype));
 }

@@ -163,7 +163,8 @@ LayerProblem shard_of(const LayerProblem& full, int64_t expert_begin, int64_t ex
 }
 
 LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
-                   std::shared_ptr<AlignedBuffer> workspace, bool by_stages) {
+                   std::shared_ptr<AlignedBuffer> workspace, bool by_stages,
+                   const Weights* weights) {
   const MoeConfig& c = p.config;
   const Layer layer(c, Device::cpu());
   LayerRun run;
@@ -187,8 +188,12 @@ LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
 
   const int64_t local = c.num_local_experts();
   Weights w;
-  w.w13 = TensorView::contiguous(p.w13.data(), c.dtype, {local, 2 * c.intermediate, c.hidden});
-  w.w2 = TensorView::contiguous(p.w2.data(), c.dtype, {local, c.hidden, c.intermediate});
+  if (weights != nullptr) {
+    w = *weights;
+  } else {
+    w.w13 = TensorView::contiguous(p.w13.data(), c.dtype, {local, 2 * c.intermediate, c.hidden});
+    w.w2 = TensorView::contiguous(p.w2.data(), c.dtype, {local, c.hidden, c.intermediate});
+  }
   Outputs out;
   out.out = TensorView::contiguous(run.out.data(), c.dtype, {p.tokens, c.hidden});
   const Workspace space{run.workspace->data(), run.workspace->bytes()};
@@ -199,6 +204,7 @@ LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
   }
   const LayerStages s = layer.stages(in, w, out, space, stream);
   if (s.has_route) route(s.routing, s.route, stream);
+  if (s.has_input_scale) fp8_input_scale(s.input_scale, stream);
   plan(s.plan, stream);
   gather(s.gather, stream);
   experts(s.experts, stream);

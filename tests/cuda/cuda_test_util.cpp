@@ -176,15 +176,21 @@ LayerWeights make_layer_weights(const MoeConfig& config, uint64_t seed, bool hos
 Weights LayerWeights::on_device(const MoeConfig& c) const {
   const int64_t experts = c.num_local_experts();
   const Device gpu = Device::cuda(0);
-  return {TensorView::contiguous(w13.data(), c.dtype, {experts, 2 * c.intermediate, c.hidden}, gpu),
-          TensorView::contiguous(w2.data(), c.dtype, {experts, c.hidden, c.intermediate}, gpu)};
+  Weights weights;
+  weights.w13 =
+      TensorView::contiguous(w13.data(), c.dtype, {experts, 2 * c.intermediate, c.hidden}, gpu);
+  weights.w2 = TensorView::contiguous(w2.data(), c.dtype, {experts, c.hidden, c.intermediate}, gpu);
+  return weights;
 }
 
 Weights LayerWeights::on_host(const MoeConfig& c) const {
   if (!host_w13 || !host_w2) throw std::runtime_error("LayerWeights: no host copy was made");
   const int64_t experts = c.num_local_experts();
-  return {TensorView::contiguous(host_w13.get(), c.dtype, {experts, 2 * c.intermediate, c.hidden}),
-          TensorView::contiguous(host_w2.get(), c.dtype, {experts, c.hidden, c.intermediate})};
+  Weights weights;
+  weights.w13 =
+      TensorView::contiguous(host_w13.get(), c.dtype, {experts, 2 * c.intermediate, c.hidden});
+  weights.w2 = TensorView::contiguous(host_w2.get(), c.dtype, {experts, c.hidden, c.intermediate});
+  return weights;
 }
 
 TensorView rows_view(const void* data, DType dtype, int64_t rows, int64_t cols, int64_t stride,

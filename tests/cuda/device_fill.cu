@@ -62,7 +62,8 @@ void fill_uniform_device(void* data, DType dtype, int64_t count, uint64_t seed, 
                                                            scale);
       break;
     case DType::i32:
-      throw std::runtime_error("fill_uniform_device: expected a floating-point dtype");
+    case DType::f8e4m3:
+      throw std::runtime_error("fill_uniform_device: expected f32, bf16 or f16");
   }
   CUDA_TEST_OK(cudaGetLastError());
 }

@@ -1,0 +1,341 @@
+// Layer::forward with FP8 experts on the CPU against the FP8 float64 reference (reference_fp8.h):
+// every scheme, static and dynamic per-tensor scales, bf16 and f32 activations, H and I that are
+// not multiples of 128 (partial scale blocks), hostile ids (out of range, -1, duplicates, remote),
+// padding rows, NaN rows, expert-parallel shards, the stages run one by one, and the batch sizes
+// around 8192 where an engine once indexed an FP8 scale array by token count.
+//
+// Tolerance: the layer sums code x scale products in fp32 where the reference uses float64, and
+// quantises h from an fp32 GEMM1 result, so once in a while an h code rounds the other way (one
+// E4M3 step, 1/16 to 1/8 of that element); bf16 output adds 2^-9. Observed below 1e-2 of a row's
+// largest value; allowed 2e-2 (bf16) and 1e-2 (f32). Each case also checks that the layer is
+// much closer to the FP8 reference than to the unquantised one, so an unquantised path fails.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "reference_fp8.h"
+#include "reference_moe.h"
+#include "test_util.h"
+
+namespace ironmoe::test {
+namespace {
+
+using reference::Fp8Scheme;
+
+Fp8Scheme reference_scheme(QuantScheme quant) {
+  switch (quant) {
+    case QuantScheme::fp8_channel: return Fp8Scheme::per_channel;
+    case QuantScheme::fp8_block: return Fp8Scheme::block;
+    default: return Fp8Scheme::per_tensor;
+  }
+}
+
+struct Fp8Problem {
+  LayerProblem p;
+  reference::Fp8Weights w;
+  std::vector<float> static_scales;  // {GEMM1, GEMM2} input scales, fp8_tensor only; empty: dynamic
+};
+
+Fp8Problem make_fp8_problem(MoeConfig config, int64_t tokens, Rng& rng,
+                            bool static_scales = false) {
+  Fp8Problem f;
+  f.p = make_problem(config, tokens, false, rng);
+  const int64_t local = config.num_local_experts();
+  f.w = reference::quantize_weights(reference_scheme(config.quant), local, config.hidden,
+                                    config.intermediate, f.p.w13.to_float().data(),
+                                    f.p.w2.to_float().data());
+  if (static_scales) f.static_scales = {3.0f / 448.0f, 0.5f / 448.0f};
+  return f;
+}
+
+// The problem's layer with its FP8 codes and scales (test_util's run_layer, precomputed routing).
+LayerRun run_fp8(const Fp8Problem& f, ThreadPool* threads = nullptr, bool by_stages = false) {
+  const MoeConfig& c = f.p.config;
+  const int64_t local = c.num_local_experts();
+  const int64_t inter = c.intermediate;
+  Weights w;
+  w.w13 = TensorView::contiguous(f.w.w13.data(), DType::f8e4m3, {local, 2 * inter, c.hidden});
+  w.w2 = TensorView::contiguous(f.w.w2.data(), DType::f8e4m3, {local, c.hidden, inter});
+  if (c.quant == QuantScheme::fp8_tensor) {
+    w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {local});
+    w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32, {local});
+  } else if (c.quant == QuantScheme::fp8_channel) {
+    w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {local, 2 * inter});
+    w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32, {local, c.hidden});
+  } else {
+    const auto blocks = [](int64_t n) { return (n + 127) / 128; };
+    w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32,
+                                         {local, blocks(2 * inter), blocks(c.hidden)});
+    w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32,
+                                        {local, blocks(c.hidden), blocks(inter)});
+  }
+  if (!f.static_scales.empty()) {
+    w.w13_input_scale = TensorView::contiguous(&f.static_scales[0], DType::f32, {1});
+    w.w2_input_scale = TensorView::contiguous(&f.static_scales[1], DType::f32, {1});
+  }
+  return run_layer(f.p, threads, nullptr, by_stages, &w);
+}
+
+std::vector<double> fp8_reference(const Fp8Problem& f, const std::vector<int64_t>& tokens) {
+  const LayerProblem& p = f.p;
+  std::vector<double> out(tokens.size() * static_cast<size_t>(p.config.hidden));
+  reference::layer_fp8(p.config, p.tokens, p.x.to_float().data(), p.ids.data(), p.weights.data(),
+                       f.w, f.static_scales.empty() ? nullptr : f.static_scales.data(),
+                       p.num_valid.value_or(p.tokens), tokens, out.data());
+  return out;
+}
+
+std::vector<double> plain_reference(const Fp8Problem& f, const std::vector<int64_t>& tokens) {
+  const LayerProblem& p = f.p;
+  std::vector<double> out(tokens.size() * static_cast<size_t>(p.config.hidden));
+  reference::layer(p.config, p.tokens, p.x.to_float().data(), p.ids.data(), p.weights.data(),
+                   p.w13.to_float().data(), p.w2.to_float().data(), p.num_valid.value_or(p.tokens),
+                   tokens, false, out.data());
+  return out;
+}
+
+// The worst over rows of max |got - ref| / max |ref| of the row; NaN must sit exactly where the
+// reference has NaN (a NaN row's own output), and nothing else may be NaN.
+double compare_rows(const std::vector<double>& ref, const std::vector<float>& out,
+                    const std::vector<int64_t>& tokens, int64_t hidden) {
+  double worst = 0.0;
+  for (size_t n = 0; n < tokens.size(); ++n) {
+    double diff = 0.0;
+    double scale = 1e-30;
+    for (int64_t c = 0; c < hidden; ++c) {
+      const double r = ref[n * hidden + c];
+      const double g = out[tokens[n] * hidden + c];
+      EXPECT_EQ(std::isnan(r), std::isnan(g)) << "token " << tokens[n] << ", column " << c;
+      if (std::isnan(r) || std::isnan(g)) continue;
+      diff = std::max(diff, std::fabs(g - r));
+      scale = std::max(scale, std::fabs(r));
+    }
+    worst = std::max(worst, diff / scale);
+  }
+  return worst;
+}
+
+double fp8_tolerance(DType dtype) { return dtype == DType::bf16 ? 2e-2 : 1e-2; }
+
+// Checks the run against both references at `tokens`.
+void expect_matches_fp8_reference(const Fp8Problem& f, const LayerRun& run,
+                                  const std::vector<int64_t>& tokens) {
+  const int64_t hidden = f.p.config.hidden;
+  const std::vector<float> out = run.out.to_float();
+  const double error = compare_rows(fp8_reference(f, tokens), out, tokens, hidden);
+  EXPECT_LT(error, fp8_tolerance(f.p.config.dtype));
+  const std::vector<double> plain = plain_reference(f, tokens);
+  double distance_to_plain = 0.0;
+  for (size_t n = 0; n < tokens.size(); ++n) {
+    double diff = 0.0, scale = 1e-30;
+    for (int64_t c = 0; c < hidden; ++c) {
+      const double r = plain[n * hidden + c];
+      const double g = out[tokens[n] * hidden + c];
+      if (std::isnan(r) || std::isnan(g)) continue;
+      diff = std::max(diff, std::fabs(g - r));
+      scale = std::max(scale, std::fabs(r));
+    }
+    distance_to_plain = std::max(distance_to_plain, diff / scale);
+  }
+  EXPECT_LT(error, 0.5 * distance_to_plain) << "no closer to the FP8 reference than to the "
+                                            << "unquantised layer: was it quantised?";
+}
+
+std::vector<int64_t> all_tokens(int64_t tokens) {
+  std::vector<int64_t> list;
+  for (int64_t t = 0; t < tokens; ++t) list.push_back(t);
+  return list;
+}
+
+MoeConfig fp8_config(QuantScheme quant, DType dtype, int64_t max_tokens) {
+  MoeConfig c;
+  c.hidden = 320;        // 2.5 blocks of 128
+  c.intermediate = 200;  // 2I = 400: 3.1 blocks
+  c.num_experts = 12;
+  c.top_k = 3;
+  c.max_tokens = max_tokens;
+  c.dtype = dtype;
+  c.quant = quant;
+  return c;
+}
+
+struct SchemeCase {
+  QuantScheme quant;
+  DType dtype;
+  bool static_scales;
+};
+
+class LayerFp8 : public ::testing::TestWithParam<SchemeCase> {};
+
+INSTANTIATE_TEST_SUITE_P(Schemes, LayerFp8,
+                         ::testing::Values(SchemeCase{QuantScheme::fp8_tensor, DType::bf16, false},
+                                           SchemeCase{QuantScheme::fp8_tensor, DType::bf16, true},
+                                           SchemeCase{QuantScheme::fp8_tensor, DType::f32, false},
+                                           SchemeCase{QuantScheme::fp8_channel, DType::bf16, false},
+                                           SchemeCase{QuantScheme::fp8_channel, DType::f32, false},
+                                           SchemeCase{QuantScheme::fp8_block, DType::bf16, false},
+                                           SchemeCase{QuantScheme::fp8_block, DType::f32, false}),
+                         [](const auto& test) {
+                           return std::string(quant_scheme_name(test.param.quant)) + "_" +
+                                  dtype_name(test.param.dtype) +
+                                  (test.param.static_scales ? "_static" : "");
+                         });
+
+TEST_P(LayerFp8, MatchesTheReferenceWithHostileIdsAndPaddingRows) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  const SchemeCase& param = GetParam();
+  for (int64_t tokens : {1, 5, 37}) {
+    Fp8Problem f = make_fp8_problem(fp8_config(param.quant, param.dtype, 64), tokens, rng,
+                                    param.static_scales);
+    const int64_t k = f.p.config.top_k;
+    f.p.ids[0] = -1;  // no expert
+    if (tokens > 1) {
+      f.p.ids[k] = 99;                  // out of range
+      f.p.ids[k + 1] = f.p.ids[k + 2];  // one expert twice in a token
+      f.p.num_valid = static_cast<int32_t>(tokens - 1);
+    }
+    const LayerRun run = run_fp8(f);
+    expect_matches_fp8_reference(f, run, all_tokens(tokens));
+    EXPECT_EQ(run.diagnostics[kDiagIdOutOfRange], tokens > 1 ? 2 : 1);
+    if (tokens > 1) {  // the padding row is zero
+      const std::vector<float> out = run.out.to_float();
+      for (int64_t c = 0; c < f.p.config.hidden; ++c)
+        ASSERT_EQ(out[(tokens - 1) * f.p.config.hidden + c], 0.0f);
+    }
+  }
+}
+
+TEST_P(LayerFp8, StagesOneByOneEqualForwardBitForBit) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  const SchemeCase& param = GetParam();
+  const Fp8Problem f =
+      make_fp8_problem(fp8_config(param.quant, param.dtype, 16), 16, rng, param.static_scales);
+  ThreadPool threads(3);
+  EXPECT_EQ(run_fp8(f).out.bytes(), run_fp8(f, &threads, true).out.bytes());
+}
+
+TEST_P(LayerFp8, NanRowStaysInItsRow) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  const SchemeCase& param = GetParam();
+  Fp8Problem f =
+      make_fp8_problem(fp8_config(param.quant, param.dtype, 8), 8, rng, param.static_scales);
+  std::vector<float> x = f.p.x.to_float();
+  x[3 * f.p.config.hidden + 200] = std::numeric_limits<float>::quiet_NaN();
+  f.p.x = Buffer::from(param.dtype, x);
+  const LayerRun run = run_fp8(f);
+  const std::vector<float> out = run.out.to_float();
+  for (int64_t c = 0; c < f.p.config.hidden; ++c)
+    ASSERT_TRUE(std::isnan(out[3 * f.p.config.hidden + c])) << c;
+  expect_matches_fp8_reference(f, run, {0, 1, 2, 4, 5, 6, 7});
+}
+
+// An expert-parallel shard: only local ids are computed, the remote ones counted.
+TEST(LayerFp8Shards, ShardMatchesTheReference) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    MoeConfig c = fp8_config(quant, DType::bf16, 24);
+    c.expert_begin = 4;
+    c.expert_end = 9;
+    const Fp8Problem f = make_fp8_problem(c, 24, rng);
+    const LayerRun run = run_fp8(f);
+    expect_matches_fp8_reference(f, run, all_tokens(24));
+    EXPECT_GT(run.diagnostics[kDiagIdRemote], 0);
+  }
+}
+
+// Batch sizes around 8192 (and its neighbours) with every scheme: first, middle and last tokens
+// against the reference; the scale indices depend on the permuted row only.
+TEST(LayerFp8Sizes, AroundEightThousandTokens) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  ThreadPool threads(2);
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    for (int64_t tokens : {8191, 8192, 8193}) {
+      if (quant != QuantScheme::fp8_block && tokens != 8192) continue;
+      MoeConfig c;
+      c.hidden = 136;  // a partial second block
+      c.intermediate = 72;
+      c.num_experts = 8;
+      c.top_k = 2;
+      c.max_tokens = 8193;
+      c.dtype = DType::bf16;
+      c.quant = quant;
+      Fp8Problem f = make_fp8_problem(c, tokens, rng);
+      f.p.ids[(tokens - 1) * 2] = f.p.ids[(tokens - 1) * 2 + 1];  // the last token: duplicate
+      const LayerRun run = run_fp8(f, &threads);
+      expect_matches_fp8_reference(f, run, {0, 1, tokens / 2, tokens - 2, tokens - 1});
+    }
+  }
+}
+
+TEST(LayerFp8Validation, BadScalesAndDevicesAreClearErrors) {
+  Rng rng = Rng::for_current_test();
+  Fp8Problem f = make_fp8_problem(fp8_config(QuantScheme::fp8_block, DType::bf16, 4), 4, rng);
+  const MoeConfig& c = f.p.config;
+  const Layer layer(c, Device::cpu());
+  AlignedBuffer space(layer.workspace_bytes());
+  Buffer out = Buffer::poisoned(c.dtype, 4 * c.hidden);
+  Inputs in;
+  in.x = TensorView::contiguous(f.p.x.data(), c.dtype, {4, c.hidden});
+  in.topk_ids = TensorView::contiguous(f.p.ids.data(), DType::i32, {4, c.top_k});
+  in.topk_weights = TensorView::contiguous(f.p.weights.data(), DType::f32, {4, c.top_k});
+  Outputs outputs;
+  outputs.out = TensorView::contiguous(out.data(), c.dtype, {4, c.hidden});
+  const Workspace ws{space.data(), space.bytes()};
+  const int64_t inter = c.intermediate;
+  Weights w;
+  w.w13 = TensorView::contiguous(f.w.w13.data(), DType::f8e4m3, {12, 2 * inter, c.hidden});
+  w.w2 = TensorView::contiguous(f.w.w2.data(), DType::f8e4m3, {12, c.hidden, inter});
+  w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {12, 4, 3});
+  w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32, {12, 3, 2});
+  auto forward = [&](const Weights& weights) {
+    return [&, weights] { layer.forward(in, weights, outputs, ws, Stream::cpu()); };
+  };
+  forward(w)();  // the valid call
+
+  Weights bad = w;
+  bad.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {12, 3, 3});
+  expect_error_naming(forward(bad), {"weights.w13_scale", "[12, 4, 3]"}, "w13 block scale rows");
+  bad = w;
+  bad.w2_scale = TensorView();
+  expect_error_naming(forward(bad), {"weights.w2_scale", "none"}, "missing w2 scale");
+  bad = w;
+  bad.w13 = TensorView::contiguous(f.p.w13.data(), DType::bf16, {12, 2 * inter, c.hidden});
+  expect_error_naming(forward(bad), {"weights.w13", "f8e4m3"}, "bf16 weights with fp8");
+  bad = w;
+  const float scale = 0.01f;
+  bad.w13_input_scale = TensorView::contiguous(&scale, DType::f32, {1});
+  expect_error_naming(forward(bad), {"weights.w13_input_scale", "fp8_tensor"},
+                      "static scale with blocks");
+
+  // Scales given to a layer without quantisation.
+  MoeConfig plain = c;
+  plain.quant = QuantScheme::none;
+  const Layer plain_layer(plain, Device::cpu());
+  AlignedBuffer plain_space(plain_layer.workspace_bytes());
+  Weights plain_weights;
+  plain_weights.w13 = TensorView::contiguous(f.p.w13.data(), c.dtype, {12, 2 * inter, c.hidden});
+  plain_weights.w2 = TensorView::contiguous(f.p.w2.data(), c.dtype, {12, c.hidden, inter});
+  plain_weights.w13_scale = w.w13_scale;
+  expect_error_naming(
+      [&] {
+        plain_layer.forward(in, plain_weights, outputs, {plain_space.data(), plain_space.bytes()},
+                            Stream::cpu());
+      },
+      {"weights.w13_scale", "quant is none"}, "scales without fp8");
+
+  // FP8 on CUDA is refused with its reason (or, in a build without CUDA, for that reason).
+  expect_error_naming([&] { Layer(c, Device::cuda(0)); }, {"cuda"}, "fp8 layer on cuda");
+}
+
+}  // namespace
+}  // namespace ironmoe::test
