@@ -8,7 +8,7 @@
 #   scripts/sanitize.sh [BUILD_DIR [PROGRAM...]]     (default: build, every program)
 #
 # PROGRAM names one of the runs below (ironmoe-check, route, plan, gather-combine, stage-capture,
-# layer-capture, experts, layer), to sanitize only those.
+# layer-capture, experts, fused-decode, fp8, layer), to sanitize only those.
 # The full log goes to $OUT/sanitize.log ($OUT unset: ./out). ironmoe-check or a test binary
 # that was not built is reported as missing and counts as a failure.
 set -uo pipefail
@@ -43,6 +43,7 @@ programs=(
   "layer-capture|$tests/cuda_test_layer_capture|--gtest_filter=*/T7:*/T300"
   "experts|$tests/cuda_test_experts|--gtest_filter=*small*_stream:*f16*_stream:*decode*:ExpertsCuda.RangesOutsideTheBuffersAreEmpty:ExpertsCuda.GraphReplayFollowsNewCountsAndInputs"
   "fused-decode|$tests/cuda_test_fused_decode|"
+  "fp8|$tests/cuda_test_fp8|"
   "layer|$tests/cuda_test_layer|--gtest_filter=Scaled/*qwen3_30b_a3b_bf16_contiguous:Scaled/*deepseek_v3_bf16_batched:Scaled/*mixtral_8x7b_f32_contiguous"
 )
 

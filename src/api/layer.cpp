@@ -21,9 +21,6 @@ void check_config_for(const char* where, const MoeConfig& config, Device device)
   config.validate();
   api::check_stream(where, Stream{device, nullptr, nullptr});
   api::check_float_dtype(where, "config.dtype", config.dtype, device);
-  IRONMOE_CHECK(config.quant == QuantScheme::none || device.is_cpu(), where, "config.quant ",
-                quant_scheme_name(config.quant),
-                ": FP8 experts run on the cpu backend only so far (their cuda kernels are not built yet)");
 }
 
 }  // namespace

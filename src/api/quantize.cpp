@@ -3,6 +3,7 @@
 
 #include "api/validate.h"
 #include "cpu/cpu_backend.h"
+#include "cuda/cuda_backend.h"
 
 namespace ironmoe {
 
@@ -10,13 +11,15 @@ void fp8_input_scale(const Fp8InputScaleArgs& args, const Stream& stream) {
   const char* where = "fp8_input_scale";
   api::check_stream(where, stream);
   const Device device = stream.device;
-  IRONMOE_CHECK(device.is_cpu(), where,
-                "FP8 runs on the cpu backend only so far (its cuda kernels are not built yet)");
   IRONMOE_CHECK(api::present(args.x), where, "x: expected a [T, H] tensor, got none");
   api::check_float_dtype(where, "x", args.x.dtype, device);
   check_tensor(where, "x", args.x, {args.x.dtype, {-1, -1}, true}, device);
   check_tensor(where, "scale", args.scale, {DType::f32, {1}}, device);
-  cpu::fp8_input_scale(args, stream.threads);
+  if (device.is_cpu()) {
+    cpu::fp8_input_scale(args, stream.threads);
+  } else {
+    cuda::fp8_input_scale(args, stream.cuda_stream);
+  }
 }
 
 }  // namespace ironmoe

@@ -94,7 +94,7 @@ struct QuantizedWeightViews {
 
 // w13 [E_local, 2I, H] and w2 [E_local, H, I] in `dtype` (quant none, and then no scales) or
 // E4M3 with the scheme's f32 scales (docs/formats.md "FP8 experts"); static activation scales
-// only with fp8_tensor. FP8 is CPU-only for now: a CUDA device is refused with that reason.
+// only with fp8_tensor.
 void check_quantized_weights(const char* where, const QuantizedWeightViews& weights,
                              QuantScheme quant, DType dtype, int64_t local_experts, int64_t hidden,
                              int64_t intermediate, Device device);

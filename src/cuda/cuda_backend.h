@@ -11,6 +11,7 @@
 #include "ironmoe/gather.h"
 #include "ironmoe/layer.h"
 #include "ironmoe/plan.h"
+#include "ironmoe/quantize.h"
 #include "ironmoe/route.h"
 
 namespace ironmoe::cuda {
@@ -25,6 +26,9 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
                             int64_t num_local_experts, DType dtype, int device_index);
 void experts(const ExpertArgs& args, void* stream);
 void combine(const CombineArgs& args, void* stream);
+// FP8 experts (experts_fp8.cu; experts() hands them over) and the layer's per-tensor input scale.
+void experts_fp8(const ExpertArgs& args, void* stream);
+void fp8_input_scale(const Fp8InputScaleArgs& args, void* stream);
 
 // Layer::forward's fused decode path (fused_decode.cu): plan, gather, experts and combine as two
 // kernels when the batch has at most kFusedDecodeMaxSlots slots and the experts stage would stream

@@ -158,6 +158,10 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   const int64_t hidden = args.permuted_in.size(1);
   const int64_t local_experts = args.w13.size(0);
   const int64_t intermediate = args.w13.size(1) / 2;
+  if (args.quant != QuantScheme::none) {
+    experts_fp8(args, stream_handle);
+    return;
+  }
   if (rows_total == 0 || local_experts == 0) return;  // no row can belong to an expert
   const DType dtype = args.permuted_in.dtype;
   const int device_index = args.permuted_in.device.index;

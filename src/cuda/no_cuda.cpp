@@ -18,6 +18,8 @@ void gather(const GatherArgs&, void*) { unavailable("gather"); }
 size_t expert_scratch_bytes(int64_t, int64_t, int64_t, int64_t, DType, int) { return 0; }
 void experts(const ExpertArgs&, void*) { unavailable("experts"); }
 void combine(const CombineArgs&, void*) { unavailable("combine"); }
+void experts_fp8(const ExpertArgs&, void*) { unavailable("experts"); }
+void fp8_input_scale(const Fp8InputScaleArgs&, void*) { unavailable("fp8_input_scale"); }
 bool fused_decode_applies(const MoeConfig&, const LayerStages&) { return false; }
 bool try_fused_decode(const MoeConfig&, const LayerStages&, void*) { return false; }
 

@@ -36,6 +36,40 @@ Routing route_separately(const Problem& problem, const MoeConfig& config, int64_
   return {ids.download_vector<int32_t>(count), weights.download_vector<float>(count)};
 }
 
+// The problem's weights as the layer takes them: storage dtype, or E4M3 codes with the scheme's
+// scales (fp8_tensor with its static activation scales).
+Weights weight_views(const Problem& problem, const MoeConfig& config) {
+  const int64_t e = config.num_experts;
+  const int64_t h = config.hidden;
+  const int64_t i = config.intermediate;
+  Weights weights;
+  if (config.quant == QuantScheme::none) {
+    weights.w13 = problem.w13.view(problem.dtype, {e, 2 * i, h});
+    weights.w2 = problem.w2.view(problem.dtype, {e, h, i});
+    return weights;
+  }
+  weights.w13 = problem.w13.view(DType::f8e4m3, {e, 2 * i, h});
+  weights.w2 = problem.w2.view(DType::f8e4m3, {e, h, i});
+  const auto blocks = [](int64_t n) { return (n + 127) / 128; };
+  switch (config.quant) {
+    case QuantScheme::fp8_channel:
+      weights.w13_scale = problem.w13_scale.view(DType::f32, {e, 2 * i});
+      weights.w2_scale = problem.w2_scale.view(DType::f32, {e, h});
+      break;
+    case QuantScheme::fp8_block:
+      weights.w13_scale = problem.w13_scale.view(DType::f32, {e, blocks(2 * i), blocks(h)});
+      weights.w2_scale = problem.w2_scale.view(DType::f32, {e, blocks(h), blocks(i)});
+      break;
+    default:
+      weights.w13_scale = problem.w13_scale.view(DType::f32, {e});
+      weights.w2_scale = problem.w2_scale.view(DType::f32, {e});
+      weights.w13_input_scale = problem.input_scales.view_at(0, DType::f32, {1});
+      weights.w2_input_scale = problem.input_scales.view_at(sizeof(float), DType::f32, {1});
+      break;
+  }
+  return weights;
+}
+
 }  // namespace
 
 BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings& settings,
@@ -62,9 +96,7 @@ BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings
   if (config.routing.kind == RoutingKind::grouped_topk) {
     inputs.correction_bias = problem.bias.view(DType::f32, {experts});
   }
-  Weights weights;
-  weights.w13 = problem.w13.view(problem.dtype, {experts, 2 * config.intermediate, hidden});
-  weights.w2 = problem.w2.view(problem.dtype, {experts, hidden, config.intermediate});
+  const Weights weights = weight_views(problem, config);
   Outputs outputs;
   outputs.out = out.view(problem.dtype, {tokens, hidden});
   const Workspace ws{workspace.data(), workspace.bytes()};
@@ -108,13 +140,19 @@ BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings
   }
   row.experts_used = std::count(used.begin(), used.end(), true);
 
+  // FP8: weights at one byte each plus their f32 scales, and the dense FP8 GEMM rate.
   const auto elem = static_cast<double>(dtype_size(problem.dtype));
+  const auto weight_elem = static_cast<double>(weight_element_bytes(config, problem.dtype));
   const auto expert_elements = static_cast<double>(expert_weight_elements(config));
+  const auto expert_bytes =
+      expert_elements * weight_elem + static_cast<double>(expert_scale_count(config)) * 4.0;
   const auto activation_bytes = static_cast<double>(tokens * hidden) * elem * 2.0 +
                                 static_cast<double>(tokens * experts) * sizeof(float);
-  row.bytes = static_cast<double>(row.experts_used) * expert_elements * elem + activation_bytes;
+  row.bytes = static_cast<double>(row.experts_used) * expert_bytes + activation_bytes;
   row.flops = 2.0 * static_cast<double>(row.valid_slots) * expert_elements;
-  row.floor_s = std::max(row.bytes / peak.bandwidth_bytes_per_s, row.flops / peak.gemm_flops_per_s);
+  const double gemm_rate =
+      config.quant == QuantScheme::none ? peak.gemm_flops_per_s : peak.fp8_gemm_flops_per_s;
+  row.floor_s = std::max(row.bytes / peak.bandwidth_bytes_per_s, row.flops / gemm_rate);
 
   if (settings.check_tokens > 0) {
     row.max_rel_error = sampled_layer_error(problem, routing.ids, routing.weights, out,

@@ -46,6 +46,9 @@ ArgParser make_parser() {
   parser.add_option("expert-kernel", "KIND",
                     "CUDA expert kernels: automatic (default), grouped_gemm, weight_stream or "
                     "cuda_cores");
+  parser.add_option("quant", "SCHEME",
+                    "expert weights: none (default, the storage dtype), fp8-tensor (static\n"
+                    "activation scales), fp8-channel or fp8-block (E4M3 codes, f32 scales)");
   parser.add_flag("breakdown",
                   "also time each stage alone (route, plan, gather, experts, combine) and print "
                   "a second table");
@@ -128,6 +131,19 @@ void parse_into(const ArgParser& args, BenchOptions* options) {
   options->json_path = args.value("json");
 
   options->shapes = preset_shapes(args);
+  const std::string quant = args.value("quant", "none");
+  QuantScheme scheme = QuantScheme::none;
+  if (quant == "fp8-tensor") {
+    scheme = QuantScheme::fp8_tensor;
+  } else if (quant == "fp8-channel") {
+    scheme = QuantScheme::fp8_channel;
+  } else if (quant == "fp8-block") {
+    scheme = QuantScheme::fp8_block;
+  } else if (quant != "none") {
+    throw std::invalid_argument(
+        "--quant: expected none, fp8-tensor, fp8-channel or fp8-block, got '" + quant + "'");
+  }
+  options->quant = scheme;
   if (args.has("hidden") || args.has("intermediate") || args.has("experts") || args.has("topk")) {
     options->shapes.push_back(custom_shape(args));
   }
@@ -147,6 +163,9 @@ void parse_into(const ArgParser& args, BenchOptions* options) {
     if (kernel != expert_kernel_name(k)) continue;
     known_kernel = true;
     for (BenchShape& shape : options->shapes) shape.config.expert_kernel = k;
+  }
+  for (BenchShape& shape : options->shapes) shape.config.quant = options->quant;
+  {
   }
   if (!known_kernel) {
     throw std::invalid_argument(

@@ -15,6 +15,7 @@ struct BenchOptions {
   std::vector<int64_t> tokens;
   Device device = Device::cpu();
   DType dtype = DType::bf16;
+  QuantScheme quant = QuantScheme::none;  // applied to every shape's config
   uint64_t seed = 1;
   int threads = 0;  // CPU worker threads (0: all cores)
   BenchSettings settings;

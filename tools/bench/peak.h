@@ -13,6 +13,8 @@ struct MachinePeak {
   double gemm_flops_per_s = 0.0;       // dense matmul, 2*M*N*K per second
   std::string bandwidth_method;        // how it was measured, for the report
   std::string gemm_method;
+  double fp8_gemm_flops_per_s = 0.0;  // dense E4M3 matmul (the CPU has none: its fp32 rate)
+  std::string fp8_gemm_method;
 };
 
 // Best of a few passes of a copy and a stream triad over buffers several times the last-level

@@ -104,6 +104,9 @@ MachinePeak measure_cpu_peak(ThreadPool& pool) {
   peak.device_name = cpu_model_name() + ", " + std::to_string(pool.size()) + " threads";
   peak.bandwidth_bytes_per_s = measure_bandwidth(pool, &peak.bandwidth_method);
   peak.gemm_flops_per_s = measure_gemm(pool, &peak.gemm_method);
+  // No FP8 arithmetic on the CPU: the FP8 layer computes in fp32 like the rest.
+  peak.fp8_gemm_flops_per_s = peak.gemm_flops_per_s;
+  peak.fp8_gemm_method = peak.gemm_method;
   return peak;
 }
 

@@ -147,8 +147,14 @@ void DeviceBuffer::fill_bytes(uint8_t value) {
 }
 
 TensorView DeviceBuffer::view(DType dtype, std::initializer_list<int64_t> shape) const {
-  TensorView tensor = TensorView::contiguous(data_, dtype, shape, device_);
-  const size_t needed = static_cast<size_t>(tensor.numel()) * dtype_size(dtype);
+  return view_at(0, dtype, shape);
+}
+
+TensorView DeviceBuffer::view_at(size_t offset, DType dtype,
+                                 std::initializer_list<int64_t> shape) const {
+  TensorView tensor =
+      TensorView::contiguous(static_cast<char*>(data_) + offset, dtype, shape, device_);
+  const size_t needed = offset + static_cast<size_t>(tensor.numel()) * dtype_size(dtype);
   if (needed > bytes_) {
     throw std::out_of_range("DeviceBuffer::view: shape " + tensor.shape_string() + " of " +
                             dtype_name(dtype) + " needs " + std::to_string(needed) +

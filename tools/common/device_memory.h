@@ -55,6 +55,8 @@ class DeviceBuffer {
 
   // A contiguous view of the buffer's first bytes as a tensor of the given shape.
   TensorView view(DType dtype, std::initializer_list<int64_t> shape) const;
+  // The same, starting `offset` bytes in.
+  TensorView view_at(size_t offset, DType dtype, std::initializer_list<int64_t> shape) const;
 
  private:
   void release();

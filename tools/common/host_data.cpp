@@ -45,6 +45,31 @@ void generate(DType dtype, size_t first, size_t count, float bound, uint64_t see
                     });
 }
 
+// Codes [first, first + count) of the seeded sequence, written to out.
+void generate_codes(size_t first, size_t count, uint64_t seed, uint8_t* out, ThreadPool& pool) {
+  const size_t first_chunk = first / kChunkElements;
+  const size_t last_chunk = (first + count + kChunkElements - 1) / kChunkElements;
+  pool.parallel_for(static_cast<int64_t>(last_chunk - first_chunk),
+                    [&](int64_t begin, int64_t end) {
+                      std::vector<uint8_t> codes(kChunkElements);
+                      for (int64_t c = begin; c < end; ++c) {
+                        const size_t chunk = first_chunk + static_cast<size_t>(c);
+                        Random random(stream_seed(seed, chunk));
+                        for (size_t i = 0; i < kChunkElements; i += 8) {
+                          uint64_t bits = random.next();
+                          for (size_t b = 0; b < 8; ++b, bits >>= 8) {
+                            const auto code = static_cast<uint8_t>(bits & 0xff);
+                            codes[i + b] = (code & 0x7f) == 0x7f ? code - 1 : code;  // NaN -> 448
+                          }
+                        }
+                        const size_t chunk_begin = chunk * kChunkElements;
+                        const size_t lo = std::max(chunk_begin, first);
+                        const size_t hi = std::min(chunk_begin + kChunkElements, first + count);
+                        std::memcpy(out + (lo - first), codes.data() + (lo - chunk_begin), hi - lo);
+                      }
+                    });
+}
+
 }  // namespace
 
 uint64_t Random::next() {
@@ -136,6 +161,24 @@ void fill_uniform(DeviceBuffer& buffer, DType dtype, size_t count, float bound, 
     const size_t n = std::min(kStagingElements, count - first);
     generate(dtype, first, n, bound, seed, staging.data(), pool);
     buffer.upload(staging.data(), n * elem, first * elem);
+  }
+}
+
+void fill_fp8_codes(DeviceBuffer& buffer, size_t count, uint64_t seed, ThreadPool& pool) {
+  if (count > buffer.bytes()) {
+    throw std::out_of_range("fill_fp8_codes: " + std::to_string(count) +
+                            " codes exceed the buffer (" + std::to_string(buffer.bytes()) +
+                            " bytes)");
+  }
+  if (buffer.device().is_cpu()) {
+    generate_codes(0, count, seed, static_cast<uint8_t*>(buffer.data()), pool);
+    return;
+  }
+  std::vector<uint8_t> staging(std::min(count, kStagingElements));
+  for (size_t first = 0; first < count; first += kStagingElements) {
+    const size_t n = std::min(kStagingElements, count - first);
+    generate_codes(first, n, seed, staging.data(), pool);
+    buffer.upload(staging.data(), n, first);
   }
 }
 

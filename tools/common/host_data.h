@@ -47,4 +47,8 @@ std::vector<float> download_as(const DeviceBuffer& buffer, size_t count, DType d
 void fill_uniform(DeviceBuffer& buffer, DType dtype, size_t count, float bound, uint64_t seed,
                   ThreadPool& pool);
 
+// Fills the first `count` bytes of `buffer` with E4M3 codes drawn uniformly from the 254 finite
+// ones (the two NaN codes redrawn as +-448), chunked and seeded like fill_uniform.
+void fill_fp8_codes(DeviceBuffer& buffer, size_t count, uint64_t seed, ThreadPool& pool);
+
 }  // namespace ironmoe::tools

@@ -1,0 +1,186 @@
+// FP8 activation quantisation on CUDA (fp8_quantize.h): a warp per row. A per-tensor scale takes
+// two kernels after zeroing its word: an atomicMax of each warp's largest magnitude (a
+// non-negative float orders as its bits, so integer max is float max; NaN is skipped), then one
+// thread turning the amax into the scale in place. Row and block scales are found by the warp
+// that quantises the row, so they never leave it.
+#include <algorithm>
+
+#include "core/fp8_scales.h"
+#include "core/plan_math.h"
+#include "cuda/cuda_check.h"
+#include "cuda/fp8.cuh"
+#include "cuda/fp8_quantize.h"
+#include "cuda/gemm/expert_rows.cuh"
+#include "cuda/storage.cuh"
+
+namespace ironmoe::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+// Largest magnitude of row[0, k) over the warp, NaN skipped (fmaxf drops NaN).
+template <class T>
+__device__ float row_amax_skipping_nan(const T* row, int64_t k, int lane) {
+  float amax = 0.0f;
+  for (int64_t c = lane; c < k; c += 32) amax = fmaxf(amax, fabsf(to_float(row[c])));
+  return warp_max(amax);
+}
+
+__device__ void add_amax(unsigned* word, float amax) {
+  atomicMax(word, __float_as_uint(amax));  // amax >= 0 and never NaN here
+}
+
+// Grid (local expert, row split): warp w of split s takes the expert's rows s * kWarps + w,
+// stepping by splits * kWarps.
+template <class Body>
+__device__ void for_expert_rows(const gemm::ExpertRows& rows, Body body) {
+  const int64_t expert = blockIdx.x;
+  const gemm::RowRange range = gemm::expert_row_range(rows, expert);
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int64_t step = static_cast<int64_t>(gridDim.y) * kWarps;
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * kWarps + warp; r < range.count; r += step)
+    body(range.begin + r);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    amax_of_expert_rows(gemm::ExpertRows rows, const T* src, int64_t stride, int64_t k,
+                        unsigned* word) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  float amax = 0.0f;
+  for_expert_rows(rows, [&](int64_t r) {
+    amax = fmaxf(amax, row_amax_skipping_nan(src + r * stride, k, lane));
+  });
+  if (lane == 0) add_amax(word, amax);
+}
+
+__global__ void amax_to_scale(unsigned* word) {
+  *reinterpret_cast<float*>(word) = fp8_dynamic_scale(__uint_as_float(*word));
+}
+
+// Encodes row[first, first + count) with the group's scale: the given one (fp8_tensor) or the
+// group's own, NaN when the group holds a NaN; returns the scale.
+template <class T>
+__device__ float quantize_group(const T* row, uint8_t* codes, int64_t first, int64_t count,
+                                const float* tensor_scale, int lane) {
+  float scale = 0.0f;
+  if (tensor_scale != nullptr) {
+    scale = *tensor_scale;
+  } else {
+    float amax = 0.0f;
+    bool nan = false;
+    for (int64_t c = first + lane; c < first + count; c += 32) {
+      const float v = to_float(row[c]);
+      nan = nan || isnan(v);
+      amax = fmaxf(amax, fabsf(v));
+    }
+    amax = warp_max(amax);
+    scale = fp8_dynamic_scale(__any_sync(kFullMask, nan) ? __int_as_float(0x7fc00000) : amax);
+  }
+  for (int64_t c = first + lane; c < first + count; c += 32) {
+    codes[c] = fp8_quantize(to_float(row[c]), scale);
+  }
+  return scale;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_expert_rows(gemm::ExpertRows rows, const T* src, int64_t stride, int64_t k,
+                         QuantScheme quant, const float* tensor_scale, uint8_t* codes,
+                         float* row_scales) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t per_row = core::fp8_activation_scales_per_row(quant, k);
+  const int64_t group = quant == QuantScheme::fp8_block ? core::kFp8Block : k;
+  for_expert_rows(rows, [&](int64_t r) {
+    const T* row = src + r * stride;
+    uint8_t* row_codes = codes + r * k;
+    for (int64_t first = 0, g = 0; first < k; first += group, ++g) {
+      const int64_t count = min(group, k - first);
+      const float scale =
+          quantize_group(row, row_codes, first, count,
+                         quant == QuantScheme::fp8_tensor ? tensor_scale : nullptr, lane);
+      if (per_row > 0 && lane == 0) row_scales[r * per_row + g] = scale;
+    }
+  });
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    amax_of_tokens(const T* x, int64_t stride, int64_t tokens, int64_t hidden,
+                   const int32_t* num_valid_tokens, unsigned* word) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t valid = core::valid_tokens(tokens, num_valid_tokens);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  float amax = 0.0f;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); t < valid;
+       t += warps) {
+    amax = fmaxf(amax, row_amax_skipping_nan(x + t * stride, hidden, lane));
+  }
+  if (lane == 0) add_amax(word, amax);
+}
+
+dim3 expert_rows_grid(const gemm::ExpertRows& rows) {
+  const int64_t average = rows.num_rows / std::max<int64_t>(rows.num_experts, 1);
+  const int64_t splits = std::clamp<int64_t>((average + kWarps - 1) / kWarps, 1, 1024);
+  IRONMOE_CHECK(rows.num_experts <= 0x7fffffff, "experts", "too many local experts for a grid");
+  return dim3(static_cast<unsigned>(rows.num_experts), static_cast<unsigned>(splits));
+}
+
+}  // namespace
+
+void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const void* src, DType dtype,
+                              int64_t stride, int64_t k, float* scale, cudaStream_t stream) {
+  auto* word = reinterpret_cast<unsigned*>(scale);
+  IRONMOE_CUDA_CHECK(cudaMemsetAsync(word, 0, sizeof(unsigned), stream));
+  if (rows.num_experts > 0 && rows.num_rows > 0) {
+    dispatch_float_dtype("experts", dtype, [&](auto element) {
+      using T = decltype(element);
+      amax_of_expert_rows<T><<<expert_rows_grid(rows), kThreads, 0, stream>>>(
+          rows, static_cast<const T*>(src), stride, k, word);
+    });
+    IRONMOE_CUDA_CHECK_LAUNCH(stream);
+  }
+  amax_to_scale<<<1, 1, 0, stream>>>(word);
+  IRONMOE_CUDA_CHECK_LAUNCH(stream);
+}
+
+void fp8_quantize_rows(const gemm::ExpertRows& rows, const void* src, DType dtype, int64_t stride,
+                       int64_t k, QuantScheme quant, const float* tensor_scale, uint8_t* codes,
+                       float* row_scales, cudaStream_t stream) {
+  if (rows.num_experts == 0 || rows.num_rows == 0) return;
+  dispatch_float_dtype("experts", dtype, [&](auto element) {
+    using T = decltype(element);
+    quantize_expert_rows<T><<<expert_rows_grid(rows), kThreads, 0, stream>>>(
+        rows, static_cast<const T*>(src), stride, k, quant, tensor_scale, codes, row_scales);
+  });
+  IRONMOE_CUDA_CHECK_LAUNCH(stream);
+}
+
+void fp8_tensor_scale_of_tokens(const void* x, DType dtype, int64_t stride, int64_t tokens,
+                                int64_t hidden, const int32_t* num_valid_tokens, float* scale,
+                                cudaStream_t stream) {
+  auto* word = reinterpret_cast<unsigned*>(scale);
+  IRONMOE_CUDA_CHECK(cudaMemsetAsync(word, 0, sizeof(unsigned), stream));
+  if (tokens > 0) {
+    const auto blocks =
+        static_cast<unsigned>(std::min<int64_t>((tokens + kWarps - 1) / kWarps, 1024));
+    dispatch_float_dtype("fp8_input_scale", dtype, [&](auto element) {
+      using T = decltype(element);
+      amax_of_tokens<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), stride, tokens,
+                                                         hidden, num_valid_tokens, word);
+    });
+    IRONMOE_CUDA_CHECK_LAUNCH(stream);
+  }
+  amax_to_scale<<<1, 1, 0, stream>>>(word);
+  IRONMOE_CUDA_CHECK_LAUNCH(stream);
+}
+
+}  // namespace ironmoe::cuda

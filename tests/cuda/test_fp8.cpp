@@ -1,0 +1,339 @@
+// Layer::forward with FP8 experts on CUDA vs the CPU backend (the reference semantics, itself
+// tested against the float64 FP8 reference in tests/cpu/layer_fp8_test.cpp): every scheme, static
+// and dynamic per-tensor scales, bf16 and f32 activations, H and I that are not multiples of 128,
+// hostile ids (-1, out of range, duplicated), a device-side num_valid_tokens, NaN rows, batch
+// sizes 8191, 8192 and 8193, and CUDA graph replays; outputs and workspace poisoned.
+//
+// Tolerance: the activation codes of GEMM1 are the same bits on both backends (same division,
+// same rounding); the fp32 sums of the GEMMs run in another order, so an h value may land on the
+// other side of an E4M3 rounding boundary (one step, 1/16 to 1/8 of that element) and the output
+// is rounded to bf16: max over rows of max |gpu - cpu| / max |cpu| <= 2e-2 (bf16), 1e-2 (f32).
+// fp8_tensor quantises every row with the tensor's scale, so a row of small values sits in the
+// coarse (subnormal) end of E4M3 and one flipped code moves it by more: there the bound is on
+// max |gpu - cpu| / max |cpu| over the whole output, and rows get 0.1 (measured up to 3.8e-2 at
+// 8191-8193 tokens, where the amax, and so the scale, is largest).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "reference_fp8.h"
+
+namespace ironmoe::cuda_test {
+namespace {
+
+double tolerance(DType dtype) { return dtype == DType::f32 ? 1e-2 : 2e-2; }
+
+reference::Fp8Scheme reference_scheme(QuantScheme quant) {
+  switch (quant) {
+    case QuantScheme::fp8_channel: return reference::Fp8Scheme::per_channel;
+    case QuantScheme::fp8_block: return reference::Fp8Scheme::block;
+    default: return reference::Fp8Scheme::per_tensor;
+  }
+}
+
+// One FP8 layer problem, on the host.
+struct Fp8Case {
+  MoeConfig config;
+  int64_t tokens = 0;
+  std::vector<uint8_t> x;  // [T, H] in config.dtype
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+  int32_t num_valid = -1;  // -1: no num_valid_tokens
+  reference::Fp8Weights w;
+  std::vector<float> static_scales;  // fp8_tensor {GEMM1, GEMM2} input scales, or empty
+};
+
+Fp8Case make_case(const MoeConfig& config, int64_t tokens, std::mt19937_64& rng,
+                  bool static_scales) {
+  Fp8Case c;
+  c.config = config;
+  c.tokens = tokens;
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<size_t>(tokens * config.hidden));
+  for (float& v : x) v = normal(rng);
+  c.x = encode(config.dtype, x);
+  const int64_t k = config.top_k;
+  std::uniform_int_distribution<int32_t> expert(0, static_cast<int32_t>(config.num_experts - 1));
+  std::uniform_real_distribution<float> weight(0.1f, 1.0f);
+  for (int64_t s = 0; s < tokens * k; ++s) {
+    c.ids.push_back(expert(rng));  // duplicates within a token happen and are allowed
+    c.weights.push_back(weight(rng));
+  }
+  c.ids[0] = -1;
+  if (tokens > 1) c.ids[k] = static_cast<int32_t>(config.num_experts + 5);
+  if (tokens > 3) c.num_valid = static_cast<int32_t>(tokens - 2);
+  const int64_t local = config.num_local_experts();
+  const int64_t h = config.hidden;
+  const int64_t i = config.intermediate;
+  std::vector<float> w13(static_cast<size_t>(local * 2 * i * h));
+  std::vector<float> w2(static_cast<size_t>(local * h * i));
+  for (float& v : w13) v = normal(rng) / std::sqrt(static_cast<float>(h));
+  for (float& v : w2) v = normal(rng) / std::sqrt(static_cast<float>(i));
+  c.w = reference::quantize_weights(reference_scheme(config.quant), local, h, i, w13.data(),
+                                    w2.data());
+  if (static_scales) c.static_scales = {4.0f / 448.0f, 0.5f / 448.0f};
+  return c;
+}
+
+// The views of a case's weights over `w13`, `w2` and the scale arrays (host or device copies).
+Weights weight_views(const Fp8Case& c, const void* w13, const void* w2, const float* w13_scale,
+                     const float* w2_scale, const float* input_scales, Device device) {
+  const MoeConfig& m = c.config;
+  const int64_t local = m.num_local_experts();
+  const int64_t inter = m.intermediate;
+  Weights w;
+  w.w13 = TensorView::contiguous(w13, DType::f8e4m3, {local, 2 * inter, m.hidden}, device);
+  w.w2 = TensorView::contiguous(w2, DType::f8e4m3, {local, m.hidden, inter}, device);
+  const auto blocks = [](int64_t n) { return (n + 127) / 128; };
+  if (m.quant == QuantScheme::fp8_tensor) {
+    w.w13_scale = TensorView::contiguous(w13_scale, DType::f32, {local}, device);
+    w.w2_scale = TensorView::contiguous(w2_scale, DType::f32, {local}, device);
+  } else if (m.quant == QuantScheme::fp8_channel) {
+    w.w13_scale = TensorView::contiguous(w13_scale, DType::f32, {local, 2 * inter}, device);
+    w.w2_scale = TensorView::contiguous(w2_scale, DType::f32, {local, m.hidden}, device);
+  } else {
+    w.w13_scale = TensorView::contiguous(w13_scale, DType::f32,
+                                         {local, blocks(2 * inter), blocks(m.hidden)}, device);
+    w.w2_scale = TensorView::contiguous(w2_scale, DType::f32,
+                                        {local, blocks(m.hidden), blocks(inter)}, device);
+  }
+  if (input_scales != nullptr) {
+    w.w13_input_scale = TensorView::contiguous(input_scales, DType::f32, {1}, device);
+    w.w2_input_scale = TensorView::contiguous(input_scales + 1, DType::f32, {1}, device);
+  }
+  return w;
+}
+
+Inputs input_views(const Fp8Case& c, const void* x, const int32_t* ids, const float* weights,
+                   const int32_t* num_valid, Device device) {
+  Inputs in;
+  in.x = TensorView::contiguous(x, c.config.dtype, {c.tokens, c.config.hidden}, device);
+  in.topk_ids = TensorView::contiguous(ids, DType::i32, {c.tokens, c.config.top_k}, device);
+  in.topk_weights = TensorView::contiguous(weights, DType::f32, {c.tokens, c.config.top_k}, device);
+  in.num_valid_tokens = c.num_valid >= 0 ? num_valid : nullptr;
+  return in;
+}
+
+std::vector<float> forward_on_cpu(const Fp8Case& c) {
+  const Layer layer(c.config, Device::cpu());
+  HostWorkspace workspace(layer.workspace_bytes());
+  std::vector<uint8_t> out(c.x.size(), kPoisonFloatByte);
+  const int32_t num_valid = c.num_valid;
+  const Weights w =
+      weight_views(c, c.w.w13.data(), c.w.w2.data(), c.w.w13_scale.data(), c.w.w2_scale.data(),
+                   c.static_scales.empty() ? nullptr : c.static_scales.data(), Device::cpu());
+  const Outputs outputs{
+      TensorView::contiguous(out.data(), c.config.dtype, {c.tokens, c.config.hidden})};
+  layer.forward(
+      input_views(c, c.x.data(), c.ids.data(), c.weights.data(), &num_valid, Device::cpu()), w,
+      outputs, {workspace.data(), workspace.bytes()}, cpu_stream());
+  return decode(c.config.dtype, out);
+}
+
+// The case's buffers on the device and a layer over them; run() enqueues one forward.
+class GpuLayer {
+ public:
+  GpuLayer(const Fp8Case& c, cudaStream_t stream)
+      : c_(c),
+        layer_(c.config, Device::cuda(0)),
+        stream_(stream),
+        x_(c.x),
+        ids_(c.ids),
+        weights_(c.weights),
+        num_valid_(std::vector<int32_t>{c.num_valid}),
+        w13_(c.w.w13),
+        w2_(c.w.w2),
+        w13_scale_(c.w.w13_scale),
+        w2_scale_(c.w.w2_scale),
+        input_scales_(c.static_scales),
+        workspace_(static_cast<int64_t>(layer_.workspace_bytes())),
+        out_(static_cast<int64_t>(c.x.size())) {
+    workspace_.fill_bytes(kPoisonFloatByte);
+    out_.fill_bytes(kPoisonFloatByte);
+  }
+
+  void run() const {
+    const Device gpu = Device::cuda(0);
+    const Weights w = weight_views(c_, w13_.data(), w2_.data(), w13_scale_.data(), w2_scale_.data(),
+                                   c_.static_scales.empty() ? nullptr : input_scales_.data(), gpu);
+    const Outputs outputs{
+        TensorView::contiguous(out_.data(), c_.config.dtype, {c_.tokens, c_.config.hidden}, gpu)};
+    layer_.forward(input_views(c_, x_.data(), ids_.data(), weights_.data(), num_valid_.data(), gpu),
+                   w, outputs, {workspace_.data(), workspace_.bytes()}, Stream::cuda(stream_));
+  }
+  void set_x(const std::vector<uint8_t>& x) { x_.upload(x); }
+  std::vector<uint8_t> output() const {
+    CUDA_TEST_OK(cudaStreamSynchronize(stream_));
+    return out_.download();
+  }
+  void poison_output() { out_.fill_bytes(kPoisonFloatByte); }
+
+ private:
+  const Fp8Case& c_;
+  Layer layer_;
+  cudaStream_t stream_;
+  DeviceBuffer<uint8_t> x_;
+  DeviceBuffer<int32_t> ids_;
+  DeviceBuffer<float> weights_;
+  DeviceBuffer<int32_t> num_valid_;
+  DeviceBuffer<uint8_t> w13_;
+  DeviceBuffer<uint8_t> w2_;
+  DeviceBuffer<float> w13_scale_;
+  DeviceBuffer<float> w2_scale_;
+  DeviceBuffer<float> input_scales_;
+  DeviceBuffer<uint8_t> workspace_;
+  DeviceBuffer<uint8_t> out_;
+};
+
+// GPU against CPU: NaN exactly where the CPU has NaN, the rest within tolerance; padding rows 0.
+void expect_gpu_matches_cpu(const Fp8Case& c, const std::vector<float>& gpu) {
+  const std::vector<float> cpu = forward_on_cpu(c);
+  const int64_t hidden = c.config.hidden;
+  std::vector<bool> skip(static_cast<size_t>(c.tokens), false);
+  for (int64_t t = 0; t < c.tokens; ++t) {
+    for (int64_t col = 0; col < hidden; ++col) {
+      const float a = cpu[t * hidden + col];
+      const float b = gpu[t * hidden + col];
+      ASSERT_EQ(std::isnan(a), std::isnan(b)) << "token " << t << ", column " << col;
+      if (std::isnan(a)) skip[t] = true;
+    }
+    if (c.num_valid >= 0 && t >= c.num_valid) {
+      for (int64_t col = 0; col < hidden; ++col) ASSERT_EQ(gpu[t * hidden + col], 0.0f) << t;
+    }
+  }
+  const RowError error = max_row_relative_error(cpu, gpu, c.tokens, hidden, &skip);
+  if (c.config.quant != QuantScheme::fp8_tensor) {
+    EXPECT_LE(error.value, tolerance(c.config.dtype)) << error.worst;
+    return;
+  }
+  EXPECT_LE(error.value, 0.1) << error.worst;
+  double diff = 0.0;
+  double largest = 1e-30;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (skip[i / static_cast<size_t>(hidden)]) continue;
+    diff = std::max(diff, static_cast<double>(std::fabs(gpu[i] - cpu[i])));
+    largest = std::max(largest, static_cast<double>(std::fabs(cpu[i])));
+  }
+  EXPECT_LE(diff / largest, tolerance(c.config.dtype));
+}
+
+MoeConfig fp8_config(QuantScheme quant, DType dtype, int64_t max_tokens, int64_t hidden = 320,
+                     int64_t intermediate = 200) {
+  MoeConfig c;
+  c.hidden = hidden;
+  c.intermediate = intermediate;
+  c.num_experts = 12;
+  c.top_k = 3;
+  c.max_tokens = max_tokens;
+  c.dtype = dtype;
+  c.quant = quant;
+  return c;
+}
+
+struct Scheme {
+  QuantScheme quant;
+  DType dtype;
+  bool static_scales;
+};
+
+std::string scheme_name(const ::testing::TestParamInfo<Scheme>& info) {
+  return std::string(quant_scheme_name(info.param.quant)) + "_" + dtype_name(info.param.dtype) +
+         (info.param.static_scales ? "_static" : "");
+}
+
+class Fp8Layer : public CudaTestWithParam<Scheme> {};
+
+INSTANTIATE_TEST_SUITE_P(Schemes, Fp8Layer,
+                         ::testing::Values(Scheme{QuantScheme::fp8_tensor, DType::bf16, false},
+                                           Scheme{QuantScheme::fp8_tensor, DType::bf16, true},
+                                           Scheme{QuantScheme::fp8_tensor, DType::f32, false},
+                                           Scheme{QuantScheme::fp8_channel, DType::bf16, false},
+                                           Scheme{QuantScheme::fp8_channel, DType::f32, false},
+                                           Scheme{QuantScheme::fp8_block, DType::bf16, false},
+                                           Scheme{QuantScheme::fp8_block, DType::f32, false}),
+                         scheme_name);
+
+TEST_P(Fp8Layer, MatchesTheCpuBackend) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const Scheme& s = GetParam();
+  for (int64_t tokens : {1, 2, 7, 64, 300}) {
+    SCOPED_TRACE("tokens " + std::to_string(tokens));
+    const Fp8Case c = make_case(fp8_config(s.quant, s.dtype, 300), tokens, rng, s.static_scales);
+    GpuLayer gpu(c, stream());
+    gpu.run();
+    expect_gpu_matches_cpu(c, decode(c.config.dtype, gpu.output()));
+  }
+}
+
+TEST_P(Fp8Layer, NanRowStaysInItsRow) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const Scheme& s = GetParam();
+  Fp8Case c = make_case(fp8_config(s.quant, s.dtype, 16), 16, rng, s.static_scales);
+  std::vector<float> x = decode(s.dtype, c.x);
+  x[5 * c.config.hidden + 130] = std::numeric_limits<float>::quiet_NaN();
+  c.x = encode(s.dtype, x);
+  GpuLayer gpu(c, stream());
+  gpu.run();
+  const std::vector<float> out = decode(s.dtype, gpu.output());
+  for (int64_t col = 0; col < c.config.hidden; ++col)
+    ASSERT_TRUE(std::isnan(out[5 * c.config.hidden + col])) << col;
+  expect_gpu_matches_cpu(c, out);
+}
+
+// A graph captured once replays with new activations (dynamic scales recomputed on the device)
+// and gives the bytes of a direct run.
+TEST_P(Fp8Layer, GraphReplaysEqualDirectRuns) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const Scheme& s = GetParam();
+  Fp8Case c = make_case(fp8_config(s.quant, s.dtype, 48), 48, rng, s.static_scales);
+  GpuLayer gpu(c, stream());
+  const CapturedGraph graph(stream(), [&] { gpu.run(); });
+  for (int round = 0; round < 2; ++round) {
+    std::normal_distribution<float> normal(0.0f, 1.0f + static_cast<float>(round));
+    std::vector<float> x(static_cast<size_t>(c.tokens * c.config.hidden));
+    for (float& v : x) v = normal(rng);
+    c.x = encode(s.dtype, x);
+    gpu.set_x(c.x);
+    gpu.poison_output();
+    graph.launch(stream());
+    const std::vector<uint8_t> replayed = gpu.output();
+    gpu.poison_output();
+    gpu.run();
+    const std::vector<uint8_t> direct = gpu.output();
+    const std::vector<float> values =
+        expect_replay_output(replayed, direct, s.dtype, c.config.hidden, c.num_valid);
+    expect_gpu_matches_cpu(c, values);
+  }
+}
+
+// The batch sizes around 8192 tokens: every scale index comes from the permuted row.
+class Fp8Sizes : public CudaTest {};
+
+TEST_F(Fp8Sizes, AroundEightThousandTokens) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    for (int64_t tokens : {8191, 8192, 8193}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
+      const Fp8Case c =
+          make_case(fp8_config(quant, DType::bf16, 8193, 136, 72), tokens, rng, false);
+      GpuLayer gpu(c, stream());
+      gpu.run();
+      expect_gpu_matches_cpu(c, decode(DType::bf16, gpu.output()));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ironmoe::cuda_test
