@@ -27,7 +27,9 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
   // GEMM1 + activation: h = act(x w_gate^T) * (x w_up^T), rounded to the storage dtype.
   gate_up_pass(
       problem, inter, hidden, PlainRows<Storage>{x, hidden},
-      [&](int64_t e) { return PlainRows<Storage>{w13 + e * 2 * inter * hidden, hidden}; },
+      [&](int64_t e) {
+        return PlainRows<Storage>{w13 + e * 2 * inter * hidden, hidden};
+      },
       [&](int64_t row, int64_t n, float gate, float up) {
         store(h + row * inter, n, activate(args.activation, gate) * up);
       },
@@ -35,7 +37,9 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
   // GEMM2: y = h w2^T, rounded to the storage dtype.
   down_pass(
       problem, hidden, inter, PlainRows<Storage>{h, inter},
-      [&](int64_t e) { return PlainRows<Storage>{w2 + e * hidden * inter, inter}; },
+      [&](int64_t e) {
+        return PlainRows<Storage>{w2 + e * hidden * inter, inter};
+      },
       [&](int64_t row, int64_t n, float value) { store(y + row * hidden, n, value); }, threads);
 }
 

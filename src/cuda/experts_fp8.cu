@@ -1,8 +1,11 @@
 // Stage 4 on CUDA with FP8 experts (ExpertArgs::quant != none), in the CPU backend's steps
 // (cpu/experts_fp8.cpp): quantise GEMM1's input rows (per-tensor: an amax pass first unless a
 // static scale is given), GEMM1 with the activation into fp32 h, quantise h, GEMM2 into
-// permuted_out. The GEMMs are the CUDA-core grouped GEMM reading E4M3 codes and scales
-// (gemm/grouped_gemm_simt.h): correct for every shape, scheme and batch size, not yet fast.
+// permuted_out. Two GEMM families on E4M3 codes and scales:
+//   weight_stream  (gemm/weight_stream_fp8.h) up to kFp8StreamMaxRows rows: each weight byte
+//                  read once per 4 rows of its expert, at memory speed;
+//   cuda_cores     (gemm/grouped_gemm_simt.h) every shape: correct, not fast (no FP8 tensor-core
+//                  GEMM yet).
 // Every buffer is carved from the scratch by core::fp8_scratch; nothing syncs with the host.
 #include "core/check.h"
 #include "core/fp8_scales.h"
@@ -11,8 +14,52 @@
 #include "cuda/cuda_check.h"
 #include "cuda/fp8_quantize.h"
 #include "cuda/gemm/grouped_gemm_simt.h"
+#include "cuda/gemm/weight_stream_fp8.h"
 
 namespace ironmoe::cuda {
+namespace {
+
+// Up to this many permuted rows the streaming kernels run (automatic). Measured on an H100
+// against the CUDA-core GEMM, the only other FP8 path so far (docs/performance.md, qwen3-30b-a3b):
+// streaming is 4.5-18x faster from 8 to 512 rows and 2.4-3.4x at 2048 (256 tokens); larger
+// batches are not measured yet.
+constexpr int64_t kFp8StreamMaxRows = 2048;
+
+// Whether the GEMMs stream weights (else the CUDA-core GEMM); a forced kernel that cannot run
+// is an error.
+bool choose_fp8_stream(ExpertKernel kernel, bool stream_ok, int64_t rows) {
+  switch (kernel) {
+    case ExpertKernel::automatic: return stream_ok && rows <= kFp8StreamMaxRows;
+    case ExpertKernel::weight_stream:
+      IRONMOE_CHECK(stream_ok, "experts", "kernel (config.expert_kernel): FP8 weight_stream ",
+                    "needs H and I multiples of 16 and 16-byte aligned weights");
+      return true;
+    case ExpertKernel::cuda_cores: return false;
+    case ExpertKernel::grouped_gemm: break;
+  }
+  core::fail("experts", "kernel (config.expert_kernel): FP8 experts run on weight_stream or ",
+             "cuda_cores so far, got ", expert_kernel_name(kernel));
+}
+
+// Quantises the experts' rows of src ([R, k], contiguous) into codes and row scales; fp8_tensor
+// uses `given` or, when null, a dynamic scale computed into `dynamic`. Returns the tensor scale
+// (null for the other schemes).
+const float* quantize_input(const gemm::ExpertRows& rows, const void* src, DType dtype, int64_t k,
+                            QuantScheme quant, const float* given, float* dynamic, uint8_t* codes,
+                            float* row_scales, cudaStream_t stream) {
+  const float* tensor_scale = nullptr;
+  if (quant == QuantScheme::fp8_tensor) {
+    tensor_scale = given;
+    if (tensor_scale == nullptr) {
+      fp8_tensor_scale_of_rows(rows, src, dtype, k, k, dynamic, stream);
+      tensor_scale = dynamic;
+    }
+  }
+  fp8_quantize_rows(rows, src, dtype, k, k, quant, tensor_scale, codes, row_scales, stream);
+  return tensor_scale;
+}
+
+}  // namespace
 
 void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   const cudaStream_t stream = as_cuda_stream(stream_handle);
@@ -21,9 +68,9 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   const int64_t hidden = args.permuted_in.size(1);
   const int64_t local_experts = args.w13.size(0);
   const int64_t inter = args.w13.size(1) / 2;
-  IRONMOE_CHECK(args.kernel == ExpertKernel::automatic || args.kernel == ExpertKernel::cuda_cores,
-                "experts", "kernel (config.expert_kernel): FP8 experts run on cuda_cores so far, ",
-                "got ", expert_kernel_name(args.kernel));
+  const bool stream_ok =
+      gemm::stream_fp8_supports(hidden, inter, args.w13.data, args.w2.data, local_experts);
+  const bool streamed = choose_fp8_stream(args.kernel, stream_ok, num_rows);
   if (num_rows == 0 || local_experts == 0) return;
   const gemm::ExpertRows rows{args.expert_offsets.ptr<const int32_t>(),
                               args.expert_counts.ptr<const int32_t>(), local_experts, num_rows};
@@ -36,55 +83,53 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   auto* h_scales = reinterpret_cast<float*>(scratch + layout.h_scales);
   auto* tensor_scales = reinterpret_cast<float*>(scratch + layout.tensor_scales);
   const DType dtype = args.permuted_in.dtype;
-  const bool per_tensor = quant == QuantScheme::fp8_tensor;
+  const auto run = [&](const gemm::Fp8GemmArgs& gemm_args) {
+    if (streamed) {
+      gemm::stream_fp8_gemm(rows, gemm_args, stream);
+    } else {
+      gemm::grouped_gemm_simt_fp8(rows, gemm_args, stream);
+    }
+  };
 
   // 1. GEMM1's input.
-  const float* a_tensor_scale = args.w13_input_scale.ptr<const float>();
-  if (per_tensor && a_tensor_scale == nullptr) {
-    fp8_tensor_scale_of_rows(rows, args.permuted_in.data, dtype, hidden, hidden, &tensor_scales[0],
-                             stream);
-    a_tensor_scale = &tensor_scales[0];
-  }
-  fp8_quantize_rows(rows, args.permuted_in.data, dtype, hidden, hidden, quant, a_tensor_scale,
-                    a_codes, a_scales, stream);
+  const float* a_tensor_scale = quantize_input(rows, args.permuted_in.data, dtype, hidden, quant,
+                                               args.w13_input_scale.ptr<const float>(),
+                                               &tensor_scales[0], a_codes, a_scales, stream);
 
   // 2. GEMM1 + activation into fp32 h.
-  gemm::SimtFp8GemmArgs gemm1;
+  gemm::Fp8GemmArgs gemm1;
   gemm1.a = a_codes;
   gemm1.a_scales = core::fp8_activation_scale_map(quant, a_scales, a_tensor_scale, hidden);
-  gemm1.b = static_cast<const uint8_t*>(args.w13.data);
-  gemm1.b_scales = args.w13_scale.ptr<const float>();
+  gemm1.w = static_cast<const uint8_t*>(args.w13.data);
+  gemm1.w_scales = args.w13_scale.ptr<const float>();
   gemm1.quant = quant;
-  gemm1.d = h_values;
-  gemm1.d_stride = inter;
+  gemm1.out = h_values;
+  gemm1.out_stride = inter;
+  gemm1.out_dtype = DType::f32;
   gemm1.n = inter;
   gemm1.k = hidden;
   gemm1.gated = true;
   gemm1.activation = args.activation;
-  gemm::grouped_gemm_simt_fp8(rows, gemm1, stream);
+  run(gemm1);
 
   // 3. GEMM2's input, from fp32.
-  const float* h_tensor_scale = args.w2_input_scale.ptr<const float>();
-  if (per_tensor && h_tensor_scale == nullptr) {
-    fp8_tensor_scale_of_rows(rows, h_values, DType::f32, inter, inter, &tensor_scales[1], stream);
-    h_tensor_scale = &tensor_scales[1];
-  }
-  fp8_quantize_rows(rows, h_values, DType::f32, inter, inter, quant, h_tensor_scale, h_codes,
-                    h_scales, stream);
+  const float* h_tensor_scale = quantize_input(rows, h_values, DType::f32, inter, quant,
+                                               args.w2_input_scale.ptr<const float>(),
+                                               &tensor_scales[1], h_codes, h_scales, stream);
 
   // 4. GEMM2 into permuted_out.
-  gemm::SimtFp8GemmArgs gemm2;
+  gemm::Fp8GemmArgs gemm2;
   gemm2.a = h_codes;
   gemm2.a_scales = core::fp8_activation_scale_map(quant, h_scales, h_tensor_scale, inter);
-  gemm2.b = static_cast<const uint8_t*>(args.w2.data);
-  gemm2.b_scales = args.w2_scale.ptr<const float>();
+  gemm2.w = static_cast<const uint8_t*>(args.w2.data);
+  gemm2.w_scales = args.w2_scale.ptr<const float>();
   gemm2.quant = quant;
-  gemm2.d = args.permuted_out.data;
-  gemm2.d_stride = args.permuted_out.strides[0];
-  gemm2.d_dtype = dtype;
+  gemm2.out = args.permuted_out.data;
+  gemm2.out_stride = args.permuted_out.strides[0];
+  gemm2.out_dtype = dtype;
   gemm2.n = hidden;
   gemm2.k = inter;
-  gemm::grouped_gemm_simt_fp8(rows, gemm2, stream);
+  run(gemm2);
 }
 
 void fp8_input_scale(const Fp8InputScaleArgs& args, void* stream_handle) {

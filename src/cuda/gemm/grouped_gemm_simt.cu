@@ -189,22 +189,20 @@ void grouped_gemm_simt(const ExpertRows& rows, const SimtGemmArgs& args, cudaStr
   });
 }
 
-void grouped_gemm_simt_fp8(const ExpertRows& rows, const SimtFp8GemmArgs& args,
-                           cudaStream_t stream) {
+void grouped_gemm_simt_fp8(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream) {
   if (rows.num_experts == 0 || rows.num_rows == 0 || args.n == 0) return;
   const Fp8Rows a{args.a, args.k, 0, args.a_scales, args.quant, nullptr, 0, 0};
-  const int64_t b_rows = args.gated ? 2 * args.n : args.n;
-  const Fp8Rows b{args.b,  args.k, b_rows * args.k, {}, args.quant, args.b_scales, b_rows,
-                  args.k};
+  const int64_t w_rows = args.gated ? 2 * args.n : args.n;
+  const Fp8Rows w{args.w, args.k, w_rows * args.k, {}, args.quant, args.w_scales, w_rows, args.k};
   if (args.gated) {
-    launch<Fp8Rows, Fp8Rows, float, true>(rows, a, b, static_cast<float*>(args.d), args.d_stride,
-                                          args.n, args.k, args.activation, stream);
+    launch<Fp8Rows, Fp8Rows, float, true>(rows, a, w, static_cast<float*>(args.out),
+                                          args.out_stride, args.n, args.k, args.activation, stream);
     return;
   }
-  dispatch_float_dtype("experts", args.d_dtype, [&](auto element) {
+  dispatch_float_dtype("experts", args.out_dtype, [&](auto element) {
     using T = decltype(element);
-    launch<Fp8Rows, Fp8Rows, T, false>(rows, a, b, static_cast<T*>(args.d), args.d_stride, args.n,
-                                       args.k, args.activation, stream);
+    launch<Fp8Rows, Fp8Rows, T, false>(rows, a, w, static_cast<T*>(args.out), args.out_stride,
+                                       args.n, args.k, args.activation, stream);
   });
 }
 

@@ -11,8 +11,8 @@
 
 #include <cstdint>
 
-#include "core/fp8_scales.h"
 #include "cuda/gemm/expert_rows.h"
+#include "cuda/gemm/fp8_gemm_args.h"
 #include "ironmoe/types.h"
 
 namespace ironmoe::cuda::gemm {
@@ -33,25 +33,7 @@ struct SimtGemmArgs {
 
 void grouped_gemm_simt(const ExpertRows& rows, const SimtGemmArgs& args, cudaStream_t stream);
 
-// The same GEMM on E4M3 codes (FP8 experts): a element (r, k) = code * a_scales.at(r, k), B_e
-// element (n, k) = code * scale of the scheme's map of b_scales for expert e (core/fp8_scales.h);
-// gated: d is fp32 (h, quantised afterwards); plain: d is d_dtype.
-struct SimtFp8GemmArgs {
-  const uint8_t* a = nullptr;  // [R, K] codes, contiguous
-  core::Fp8ScaleMap a_scales;
-  const uint8_t* b = nullptr;  // [E_local, N or 2N, K] codes, contiguous
-  const float* b_scales = nullptr;
-  QuantScheme quant = QuantScheme::fp8_tensor;
-  void* d = nullptr;  // [R, N], row stride d_stride
-  int64_t d_stride = 0;
-  DType d_dtype = DType::f32;
-  int64_t n = 0;
-  int64_t k = 0;
-  bool gated = false;
-  Activation activation = Activation::silu_and_mul;
-};
-
-void grouped_gemm_simt_fp8(const ExpertRows& rows, const SimtFp8GemmArgs& args,
-                           cudaStream_t stream);
+// The same GEMM on E4M3 codes (FP8 experts, gemm/fp8_gemm_args.h).
+void grouped_gemm_simt_fp8(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm

@@ -23,47 +23,6 @@ constexpr int kDownColumns = 4;
 // its column count, so a warp's columns all exist once the first does.
 static_assert(kVec % kGateUpColumns == 0 && kVec % kDownColumns == 0);
 
-// Writes the ids of the local experts that own rows, in increasing order, to `active` (shared,
-// rows.num_experts entries) and returns how many there are. Every thread of the block calls it.
-__device__ int list_active_experts(const ExpertRows& rows, int* active) {
-  __shared__ int warp_counts[kWarps];
-  __shared__ int listed;
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  const int warp = static_cast<int>(threadIdx.x) >> 5;
-  if (threadIdx.x == 0) listed = 0;
-  __syncthreads();
-  for (int64_t first = 0; first < rows.num_experts; first += kThreads) {
-    const int64_t expert = first + threadIdx.x;
-    const bool owns_rows = expert < rows.num_experts && expert_row_range(rows, expert).count > 0;
-    const unsigned ballot = __ballot_sync(0xffffffffu, owns_rows);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int position = listed;
-    for (int w = 0; w < warp; ++w) position += warp_counts[w];
-    if (owns_rows)
-      active[position + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int>(expert);
-    __syncthreads();  // every thread has read `listed` and the warp counts
-    if (threadIdx.x == 0) {
-      for (int w = 0; w < kWarps; ++w) listed += warp_counts[w];
-    }
-    __syncthreads();
-  }
-  return listed;
-}
-
-// The expert, row range and first output column of this warp (kColumns columns from there), or
-// false when the block or warp has nothing to do.
-template <int kColumns>
-__device__ __forceinline__ bool warp_task(const ExpertRows& rows, int64_t columns, int* active,
-                                          int64_t* expert, RowRange* range, int64_t* column) {
-  const int count = list_active_experts(rows, active);
-  if (static_cast<int>(blockIdx.y) >= count) return false;
-  *expert = active[blockIdx.y];
-  *range = expert_row_range(rows, *expert);
-  *column = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kColumns;
-  return *column < columns;
-}
-
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     stream_gate_up(ExpertRows rows, const T* __restrict__ a, int64_t a_stride,
