@@ -165,8 +165,7 @@ void parse_into(const ArgParser& args, BenchOptions* options) {
     for (BenchShape& shape : options->shapes) shape.config.expert_kernel = k;
   }
   for (BenchShape& shape : options->shapes) shape.config.quant = options->quant;
-  {
-  }
+  {}
   if (!known_kernel) {
     throw std::invalid_argument(
         "--expert-kernel: expected automatic, grouped_gemm, "

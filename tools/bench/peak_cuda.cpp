@@ -85,8 +85,8 @@ double measure_fp8_gemm(cudaStream_t stream) {
   IRONMOE_CUBLAS_CHECK(cublasLtCreate(&handle));
   IRONMOE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t transpose = CUBLAS_OP_T;
-  IRONMOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                      &transpose, sizeof(transpose)));
+  IRONMOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
+                                                      sizeof(transpose)));
   IRONMOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_layout, CUDA_R_8F_E4M3, kN, kN, kN));
   IRONMOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_layout, CUDA_R_8F_E4M3, kN, kN, kN));
   IRONMOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_layout, CUDA_R_16BF, kN, kN, kN));
@@ -94,8 +94,8 @@ double measure_fp8_gemm(cudaStream_t stream) {
   const float beta = 0.0f;
   const double seconds = median_seconds(stream, [&] {
     IRONMOE_CUBLAS_CHECK(cublasLtMatmul(handle, desc, &alpha, a, a_layout, b, b_layout, &beta, d,
-                                        d_layout, d, d_layout, nullptr, workspace,
-                                        kWorkspaceBytes, stream));
+                                        d_layout, d, d_layout, nullptr, workspace, kWorkspaceBytes,
+                                        stream));
   });
   IRONMOE_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(a_layout));
   IRONMOE_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(b_layout));

@@ -71,8 +71,9 @@ size_t problem_bytes(const BenchShape& shape, DType dtype, int64_t max_tokens) {
   const MoeConfig& c = shape.config;
   const auto elem = static_cast<int64_t>(dtype_size(dtype));
   const int64_t weights =
-      c.num_experts * (expert_weight_elements(c) * static_cast<int64_t>(weight_element_bytes(c, dtype)) +
-                       expert_scale_count(c) * 4);
+      c.num_experts *
+      (expert_weight_elements(c) * static_cast<int64_t>(weight_element_bytes(c, dtype)) +
+       expert_scale_count(c) * 4);
   const int64_t activations = max_tokens * c.hidden * elem * 2;  // x and out
   const int64_t logits = max_tokens * c.num_experts * 4 + c.num_experts * 4;
   return static_cast<size_t>(weights + activations + logits);
@@ -107,8 +108,8 @@ Problem make_problem(const BenchShape& shape, DType dtype, int64_t max_tokens, u
   if (c.quant == QuantScheme::none) {
     fill_uniform(problem.w13, dtype, w13_count, bound_for(c.hidden), stream_seed(seed, kSeedW13),
                  pool);
-    fill_uniform(problem.w2, dtype, w2_count, bound_for(c.intermediate),
-                 stream_seed(seed, kSeedW2), pool);
+    fill_uniform(problem.w2, dtype, w2_count, bound_for(c.intermediate), stream_seed(seed, kSeedW2),
+                 pool);
   } else {
     fill_fp8_codes(problem.w13, w13_count, stream_seed(seed, kSeedW13), pool);
     fill_fp8_codes(problem.w2, w2_count, stream_seed(seed, kSeedW2), pool);
@@ -121,8 +122,8 @@ Problem make_problem(const BenchShape& shape, DType dtype, int64_t max_tokens, u
                       stream_seed(seed, kSeedW2Scale));
     // x is uniform in +-sqrt(3); h = act(gate) * up of unit-scale gate and up stays well
     // inside +-16 (static scales come from calibration in real checkpoints).
-    problem.input_scales = upload_as(
-        device, {std::sqrt(3.0f) / 448.0f, 16.0f / 448.0f}, DType::f32);
+    problem.input_scales =
+        upload_as(device, {std::sqrt(3.0f) / 448.0f, 16.0f / 448.0f}, DType::f32);
   }
   fill_uniform(problem.x, dtype, x_count, std::sqrt(3.0f), stream_seed(seed, kSeedX), pool);
   fill_uniform(problem.logits, DType::f32, logit_count, 3.0f, stream_seed(seed, kSeedLogits), pool);

@@ -22,8 +22,8 @@ struct Problem {
   BenchShape shape;
   DType dtype = DType::bf16;
   int64_t max_tokens = 0;
-  DeviceBuffer w13;     // [E, 2I, H]: dtype, or E4M3 codes with an fp8 shape.config.quant
-  DeviceBuffer w2;      // [E, H, I]
+  DeviceBuffer w13;  // [E, 2I, H]: dtype, or E4M3 codes with an fp8 shape.config.quant
+  DeviceBuffer w2;   // [E, H, I]
   // FP8 only: f32 weight scales in the scheme's shapes (experts.h), and fp8_tensor's static
   // activation scales {GEMM1 input, GEMM2 input}.
   DeviceBuffer w13_scale;

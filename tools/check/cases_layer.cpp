@@ -332,6 +332,41 @@ void add_invariance_cases(std::vector<Case>& cases, Device device) {
 
 }  // namespace
 
+// FP8 experts, every scheme: boundary batch sizes (8192 included, where an engine once indexed a
+// scale array by token count), hostile ids and padding rows, against the FP8 reference.
+void add_fp8_cases(std::vector<Case>& cases) {
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    const std::string scheme = quant_scheme_name(quant);
+    for (int64_t tokens : {int64_t{1}, int64_t{257}, int64_t{8192}}) {
+      cases.push_back({"layer/fp8/" + scheme + "/T=" + std::to_string(tokens),
+                       [=](Context& context, Random& random) {
+                         MoeConfig config = softmax_config(16, 4, tokens, DType::bf16);
+                         config.quant = quant;
+                         LayerInput input = random_layer(config, tokens, random);
+                         quantize_weights_of(input);
+                         return check_layer(context, input,
+                                            pick_tokens(tokens, kSampledTokens, random))
+                             .outcome();
+                       }});
+    }
+    cases.push_back(
+        {"layer/fp8/" + scheme + "/hostile-ids-and-padding", [=](Context& context, Random& random) {
+           MoeConfig config = softmax_config(16, 4, 96, DType::bf16);
+           config.quant = quant;
+           LayerInput input = random_layer(config, 96, random);
+           use_precomputed(input, hostile_ids(96 * 4, 16, random), random);
+           input.num_valid = 80;
+           quantize_weights_of(input);
+           LayerRun run;
+           Expect expect = check_layer(context, input, all_tokens(96), &run);
+           expect_diagnostics(expect, run.diagnostics,
+                              id_diagnostics(input.ids, 80 * 4, 16, 0, 16));
+           return expect.outcome();
+         }});
+  }
+}
+
 std::vector<Case> layer_cases(Device device) {
   std::vector<Case> cases;
   add_reference_cases(cases);
@@ -340,6 +375,7 @@ std::vector<Case> layer_cases(Device device) {
   add_precomputed_cases(cases);
   add_ep_case(cases);
   add_batched_cases(cases);
+  add_fp8_cases(cases);
   add_invariance_cases(cases, device);
   return cases;
 }

@@ -256,7 +256,8 @@ void expect_layer_output(Expect& expect, const LayerInput& input, const std::vec
   expect_finite(expect, out, input.config.hidden);
   expect_rows_close(expect, out, input.config.hidden, tokens,
                     reference_layer(input, ids, weights, tokens),
-                    layer_tolerance(input.config.dtype));
+                    input.config.quant == QuantScheme::none ? layer_tolerance(input.config.dtype)
+                                                            : kFp8LayerTolerance);
   expect_rows_zero(expect, out, input.config.hidden, valid_rows(input), input.tokens);
 }
 

@@ -139,8 +139,13 @@ LayerRun run_layer(Context& context, const LayerInput& input) {
     for (int64_t col = 0; col < h; ++col) x_host[r * x_stride + col] = input.x[r * h + col];
   }
   const DeviceBuffer x = upload_as(device, x_host, c.dtype);
-  const DeviceBuffer w13 = upload_as(device, input.w13, c.dtype);
-  const DeviceBuffer w2 = upload_as(device, input.w2, c.dtype);
+  const bool fp8 = c.quant != QuantScheme::none;
+  const DeviceBuffer w13 =
+      fp8 ? to_device(device, input.fp8.w13) : upload_as(device, input.w13, c.dtype);
+  const DeviceBuffer w2 =
+      fp8 ? to_device(device, input.fp8.w2) : upload_as(device, input.w2, c.dtype);
+  const DeviceBuffer w13_scale = upload_as(device, input.fp8.w13_scale, DType::f32);
+  const DeviceBuffer w2_scale = upload_as(device, input.fp8.w2_scale, DType::f32);
   const size_t elem = dtype_size(c.dtype);
   const DeviceBuffer out =
       poisoned(device, static_cast<size_t>(t * out_stride) * elem, kFloatPoison);
@@ -168,8 +173,23 @@ LayerRun run_layer(Context& context, const LayerInput& input) {
   if (input.diagnostics) inputs.diagnostics = diagnostics.as<int32_t>();
   Weights layer_weights;
   const int64_t local = c.num_local_experts();
-  layer_weights.w13 = w13.view(c.dtype, {local, 2 * c.intermediate, h});
-  layer_weights.w2 = w2.view(c.dtype, {local, h, c.intermediate});
+  const DType weight_dtype = fp8 ? DType::f8e4m3 : c.dtype;
+  layer_weights.w13 = w13.view(weight_dtype, {local, 2 * c.intermediate, h});
+  layer_weights.w2 = w2.view(weight_dtype, {local, h, c.intermediate});
+  if (fp8) {
+    const int64_t i = c.intermediate;
+    const auto blocks = [](int64_t n) { return (n + 127) / 128; };
+    if (c.quant == QuantScheme::fp8_tensor) {
+      layer_weights.w13_scale = w13_scale.view(DType::f32, {local});
+      layer_weights.w2_scale = w2_scale.view(DType::f32, {local});
+    } else if (c.quant == QuantScheme::fp8_channel) {
+      layer_weights.w13_scale = w13_scale.view(DType::f32, {local, 2 * i});
+      layer_weights.w2_scale = w2_scale.view(DType::f32, {local, h});
+    } else {
+      layer_weights.w13_scale = w13_scale.view(DType::f32, {local, blocks(2 * i), blocks(h)});
+      layer_weights.w2_scale = w2_scale.view(DType::f32, {local, blocks(h), blocks(i)});
+    }
+  }
   Outputs outputs;
   outputs.out = TensorView::rows(out.data(), c.dtype, t, h, out_stride, device);
 
@@ -199,10 +219,26 @@ std::vector<double> reference_layer(const LayerInput& input, const std::vector<i
                                     const std::vector<int64_t>& tokens) {
   std::vector<double> out(tokens.size() * static_cast<size_t>(input.config.hidden));
   const int64_t num_valid = input.num_valid ? *input.num_valid : input.tokens;
+  if (input.config.quant != QuantScheme::none) {
+    reference::layer_fp8(input.config, input.tokens, input.x.data(), ids.data(), weights.data(),
+                         input.fp8, nullptr, num_valid, tokens, out.data());
+    return out;
+  }
   reference::layer(input.config, input.tokens, input.x.data(), ids.data(), weights.data(),
                    input.w13.data(), input.w2.data(), num_valid, tokens,
                    input.config.dtype == DType::bf16, out.data());
   return out;
+}
+
+void quantize_weights_of(LayerInput& input) {
+  const MoeConfig& c = input.config;
+  if (c.quant == QuantScheme::none) return;
+  const reference::Fp8Scheme scheme =
+      c.quant == QuantScheme::fp8_channel ? reference::Fp8Scheme::per_channel
+      : c.quant == QuantScheme::fp8_block ? reference::Fp8Scheme::block
+                                          : reference::Fp8Scheme::per_tensor;
+  input.fp8 = reference::quantize_weights(scheme, c.num_local_experts(), c.hidden, c.intermediate,
+                                          input.w13.data(), input.w2.data());
 }
 
 std::vector<float> random_values(size_t count, float bound, Random& random) {

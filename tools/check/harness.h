@@ -13,6 +13,7 @@
 #include "common/host_data.h"
 #include "ironmoe/config.h"
 #include "ironmoe/types.h"
+#include "reference_fp8.h"
 
 namespace ironmoe::tools::check {
 
@@ -94,6 +95,9 @@ struct LayerInput {
   std::vector<float> weights;
   std::vector<float> w13;  // [E_local, 2I, H]
   std::vector<float> w2;   // [E_local, H, I]
+  // With an fp8 config.quant: w13 and w2 quantised by the FP8 reference (codes and scales); the
+  // layer gets these, the reference computes with them (fill with quantize_weights_of).
+  reference::Fp8Weights fp8;
   std::optional<int32_t> num_valid;
   bool diagnostics = true;     // pass a diagnostics buffer
   int64_t x_row_stride = 0;    // 0: H
@@ -107,6 +111,9 @@ struct LayerRun {
 };
 
 LayerRun run_layer(Context& context, const LayerInput& input);
+
+// Fills input.fp8 from w13 and w2 per config.quant (nothing for quant none).
+void quantize_weights_of(LayerInput& input);
 
 // reference::layer for the listed tokens given the routing the layer should have used.
 std::vector<double> reference_layer(const LayerInput& input, const std::vector<int32_t>& ids,
