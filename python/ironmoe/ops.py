@@ -23,13 +23,15 @@ def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, corre
 
 @torch.library.register_fake("ironmoe::fused_experts")
 def _fused_experts_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation="silu",
-                        global_num_experts=-1, expert_begin=0):
+                        global_num_experts=-1, expert_begin=0, quant="none", w1_scale=None,
+                        w2_scale=None, a1_scale=None, a2_scale=None):
     return hidden_states.new_empty((hidden_states.shape[0], hidden_states.shape[-1]))
 
 
 @torch.library.register_fake("ironmoe::fused_experts_out")
 def _fused_experts_out_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation,
-                            global_num_experts, expert_begin, out):
+                            global_num_experts, expert_begin, quant, w1_scale, w2_scale,
+                            a1_scale, a2_scale, out):
     return None
 
 
@@ -58,7 +60,10 @@ def route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "softmax",
 def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                   topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
                   activation: str = "silu", global_num_experts: int = -1,
-                  expert_begin: int = 0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  expert_begin: int = 0, quant: str = "none",
+                  w1_scale: Optional[torch.Tensor] = None, w2_scale: Optional[torch.Tensor] = None,
+                  a1_scale: Optional[torch.Tensor] = None, a2_scale: Optional[torch.Tensor] = None,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The expert MLPs and the weighted combine for precomputed routing.
 
     ``out[t] = sum_j topk_weights[t, j] * (act(x[t] @ w1[e, :I].T) * (x[t] @ w1[e, I:].T)) @
@@ -66,12 +71,21 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
     nothing. ``activation`` is ``"silu"`` or ``"gelu"``. ``global_num_experts`` (default: the
     local count) is E for expert parallelism. ``topk_ids`` may be int32 or int64. Pass ``out``
     (``[T, H]``, the dtype of ``hidden_states``) to write in place.
+
+    FP8 experts: ``quant`` is ``"fp8_tensor"``, ``"fp8_channel"`` or ``"fp8_block"``, ``w1`` and
+    ``w2`` are ``torch.float8_e4m3fn`` and ``w1_scale`` / ``w2_scale`` float32 in vLLM's shapes
+    (``[E]``; ``[E, 2I]`` or ``[E, 2I, 1]`` and ``[E, H]`` or ``[E, H, 1]``; ``[E, ceil(2I/128),
+    ceil(H/128)]`` and ``[E, ceil(H/128), ceil(I/128)]``). ``fp8_tensor`` takes optional static
+    activation scales ``a1_scale`` / ``a2_scale`` (one float32 each); without them the scales are
+    computed from the batch. Activations are quantised on the fly (docs/formats.md).
     """
     if out is None:
         return torch.ops.ironmoe.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids,
-                                               activation, global_num_experts, expert_begin)
+                                               activation, global_num_experts, expert_begin,
+                                               quant, w1_scale, w2_scale, a1_scale, a2_scale)
     torch.ops.ironmoe.fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids,
-                                        activation, global_num_experts, expert_begin, out)
+                                        activation, global_num_experts, expert_begin, quant,
+                                        w1_scale, w2_scale, a1_scale, a2_scale, out)
     return out
 
 

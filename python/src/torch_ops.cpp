@@ -33,9 +33,10 @@ DType dtype_of(const at::Tensor& t, const char* name) {
     case at::kBFloat16: return DType::bf16;
     case at::kHalf: return DType::f16;
     case at::kInt: return DType::i32;
+    case at::kFloat8_e4m3fn: return DType::f8e4m3;
     default:
-      throw Error(std::string("ironmoe: ") + name + ": expected float32, bfloat16, float16 or " +
-                  "int32, got " + std::string(c10::toString(t.scalar_type())));
+      throw Error(std::string("ironmoe: ") + name + ": expected float32, bfloat16, float16, " +
+                  "int32 or float8_e4m3fn, got " + std::string(c10::toString(t.scalar_type())));
   }
 }
 
@@ -152,10 +153,31 @@ at::Tensor ids_as_int32(const at::Tensor& ids, int64_t num_experts) {
   return ids.clamp(-1, num_experts).to(at::kInt).contiguous();
 }
 
+QuantScheme quant_of(const std::string& quant) {
+  if (quant == "none") return QuantScheme::none;
+  if (quant == "fp8_tensor") return QuantScheme::fp8_tensor;
+  if (quant == "fp8_channel") return QuantScheme::fp8_channel;
+  if (quant == "fp8_block") return QuantScheme::fp8_block;
+  throw Error("ironmoe::fused_experts: quant: expected 'none', 'fp8_tensor', 'fp8_channel' or " +
+              std::string("'fp8_block', got '") + quant + "'");
+}
+
+// vLLM keeps per-channel weight scales as [E, N, 1]; the library takes [E, N].
+at::Tensor weight_scale_of(const at::Tensor& scale, QuantScheme quant) {
+  if (quant == QuantScheme::fp8_channel && scale.dim() == 3 && scale.size(2) == 1) {
+    return scale.squeeze(-1).contiguous();
+  }
+  return scale.contiguous();
+}
+
 void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, const at::Tensor& w2,
                        const at::Tensor& topk_weights, const at::Tensor& topk_ids,
                        const std::string& activation, int64_t global_num_experts,
-                       int64_t expert_begin, at::Tensor& out) {
+                       int64_t expert_begin, const std::string& quant,
+                       const std::optional<at::Tensor>& w1_scale,
+                       const std::optional<at::Tensor>& w2_scale,
+                       const std::optional<at::Tensor>& a1_scale,
+                       const std::optional<at::Tensor>& a2_scale, at::Tensor& out) {
   if (hidden_states.dim() != 2 || w1.dim() != 3 || w2.dim() != 3 || topk_ids.dim() != 2) {
     throw Error(
         "ironmoe::fused_experts: expected hidden_states [T, H], w1 [E, 2I, H], "
@@ -177,6 +199,7 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   config.expert_end = expert_begin + local_experts;
   config.activation = activation_of(activation);
   config.dtype = dtype_of(hidden_states, "hidden_states");
+  config.quant = quant_of(quant);
 
   const Device device = device_of(hidden_states, "hidden_states");
   const c10::OptionalDeviceGuard guard(hidden_states.device());
@@ -195,6 +218,17 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   Weights layer_weights;
   layer_weights.w13 = view_of(w1, "w1");
   layer_weights.w2 = view_of(w2, "w2");
+  // Kept alive until forward() has read them (reshaped or contiguous copies).
+  at::Tensor scales[4];
+  const std::optional<at::Tensor>* given[4] = {&w1_scale, &w2_scale, &a1_scale, &a2_scale};
+  TensorView* views[4] = {&layer_weights.w13_scale, &layer_weights.w2_scale,
+                          &layer_weights.w13_input_scale, &layer_weights.w2_input_scale};
+  const char* names[4] = {"w1_scale", "w2_scale", "a1_scale", "a2_scale"};
+  for (int i = 0; i < 4; ++i) {
+    if (!given[i]->has_value()) continue;
+    scales[i] = i < 2 ? weight_scale_of(**given[i], config.quant) : (*given[i])->reshape({1});
+    *views[i] = view_of(scales[i], names[i]);
+  }
   const Outputs outputs{view_of(out, "out")};
   std::optional<ThreadPool> threads;
   if (device.type == DeviceType::cpu) threads.emplace(cpu_threads());
@@ -205,11 +239,15 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
 at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
                          const at::Tensor& w2, const at::Tensor& topk_weights,
                          const at::Tensor& topk_ids, const std::string& activation,
-                         int64_t global_num_experts, int64_t expert_begin) {
+                         int64_t global_num_experts, int64_t expert_begin, const std::string& quant,
+                         const std::optional<at::Tensor>& w1_scale,
+                         const std::optional<at::Tensor>& w2_scale,
+                         const std::optional<at::Tensor>& a1_scale,
+                         const std::optional<at::Tensor>& a2_scale) {
   at::Tensor out =
       at::empty({hidden_states.size(0), hidden_states.size(-1)}, hidden_states.options());
   fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
-                    expert_begin, out);
+                    expert_begin, quant, w1_scale, w2_scale, a1_scale, a2_scale, out);
   return out;
 }
 
@@ -226,11 +264,13 @@ TORCH_LIBRARY(ironmoe, m) {
       "float routed_scaling_factor=1.0) -> (Tensor, Tensor)");
   m.def(
       "fused_experts(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, "
-      "Tensor topk_ids, str activation='silu', int global_num_experts=-1, int expert_begin=0) "
-      "-> Tensor");
+      "Tensor topk_ids, str activation='silu', int global_num_experts=-1, int expert_begin=0, "
+      "str quant='none', Tensor? w1_scale=None, Tensor? w2_scale=None, Tensor? a1_scale=None, "
+      "Tensor? a2_scale=None) -> Tensor");
   m.def(
       "fused_experts_out(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weights, "
-      "Tensor topk_ids, str activation, int global_num_experts, int expert_begin, "
+      "Tensor topk_ids, str activation, int global_num_experts, int expert_begin, str quant, "
+      "Tensor? w1_scale, Tensor? w2_scale, Tensor? a1_scale, Tensor? a2_scale, "
       "Tensor(a!) out) -> ()");
   m.def("cuda_enabled() -> bool", &ironmoe::torch_ops::cuda_enabled);
 }

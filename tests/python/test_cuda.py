@@ -173,7 +173,8 @@ def test_opcheck_on_cuda(gen):
     torch.library.opcheck(torch.ops.ironmoe.fused_experts.default, (x, w1, w2, weights, ids))
     out = torch.empty(6, 32, device=CUDA)
     torch.library.opcheck(torch.ops.ironmoe.fused_experts_out.default,
-                          (x, w1, w2, weights, ids, "silu", -1, 0, out))
+                          (x, w1, w2, weights, ids, "silu", -1, 0, "none", None, None,
+                           None, None, out))
 
 
 @pytest.mark.parametrize("moved, message", [

@@ -134,7 +134,8 @@ def test_opcheck_schemas_and_fake_kernels(gen):
     torch.library.opcheck(torch.ops.ironmoe.fused_experts.default, (x, w1, w2, weights, ids))
     out = torch.empty(6, 32)
     torch.library.opcheck(torch.ops.ironmoe.fused_experts_out.default,
-                          (x, w1, w2, weights, ids, "silu", -1, 0, out))
+                          (x, w1, w2, weights, ids, "silu", -1, 0, "none", None, None,
+                           None, None, out))
 
 
 def test_torch_compile_fullgraph(gen):
