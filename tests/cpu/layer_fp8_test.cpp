@@ -39,11 +39,44 @@ struct Fp8Problem {
   std::vector<float> static_scales;  // {GEMM1, GEMM2} input scales, fp8_tensor only; empty: dynamic
 };
 
+// Multiplies each element of a [count, rows, cols] tensor by 2^u per matrix, per row and per
+// 128 x 128 block (u uniform in [-2, 2) each), so that every scale of every scheme differs from
+// its neighbours and a scale read from the wrong expert, row or block shows in the output.
+void vary_magnitudes(std::vector<float>& values, int64_t count, int64_t rows, int64_t cols,
+                     Rng& rng) {
+  std::uniform_real_distribution<float> exponent(-2.0f, 2.0f);
+  const int64_t row_blocks = (rows + 127) / 128;
+  const int64_t col_blocks = (cols + 127) / 128;
+  for (int64_t m = 0; m < count; ++m) {
+    const float matrix = std::exp2(exponent(rng.engine()));
+    std::vector<float> block(static_cast<size_t>(row_blocks * col_blocks));
+    for (float& b : block) b = std::exp2(exponent(rng.engine()));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float row = std::exp2(exponent(rng.engine()));
+      for (int64_t c = 0; c < cols; ++c) {
+        values[(m * rows + r) * cols + c] *=
+            matrix * row * block[static_cast<size_t>(r / 128 * col_blocks + c / 128)];
+      }
+    }
+  }
+}
+
 Fp8Problem make_fp8_problem(MoeConfig config, int64_t tokens, Rng& rng,
                             bool static_scales = false) {
   Fp8Problem f;
   f.p = make_problem(config, tokens, false, rng);
   const int64_t local = config.num_local_experts();
+  const int64_t h = config.hidden;
+  const int64_t i = config.intermediate;
+  std::vector<float> w13 = f.p.w13.to_float();
+  std::vector<float> w2 = f.p.w2.to_float();
+  std::vector<float> x = f.p.x.to_float();
+  vary_magnitudes(w13, local, 2 * i, h, rng);
+  vary_magnitudes(w2, local, h, i, rng);
+  vary_magnitudes(x, 1, tokens, h, rng);  // rows and 128-column blocks of x differ too
+  f.p.w13 = Buffer::from(config.dtype, w13);
+  f.p.w2 = Buffer::from(config.dtype, w2);
+  f.p.x = Buffer::from(config.dtype, x);
   f.w = reference::quantize_weights(reference_scheme(config.quant), local, config.hidden,
                                     config.intermediate, f.p.w13.to_float().data(),
                                     f.p.w2.to_float().data());
@@ -197,6 +230,13 @@ TEST_P(LayerFp8, MatchesTheReferenceWithHostileIdsAndPaddingRows) {
       f.p.ids[k] = 99;                  // out of range
       f.p.ids[k + 1] = f.p.ids[k + 2];  // one expert twice in a token
       f.p.num_valid = static_cast<int32_t>(tokens - 1);
+      // The padding row holds huge values: a per-tensor scale that saw them would crush every
+      // valid row (the reference takes the scale over valid rows only).
+      std::vector<float> x = f.p.x.to_float();
+      for (int64_t c = 0; c < f.p.config.hidden; ++c) {
+        x[(tokens - 1) * f.p.config.hidden + c] *= 3e4f;
+      }
+      f.p.x = Buffer::from(param.dtype, x);
     }
     const LayerRun run = run_fp8(f);
     expect_matches_fp8_reference(f, run, all_tokens(tokens));
@@ -244,7 +284,13 @@ TEST(LayerFp8Shards, ShardMatchesTheReference) {
     MoeConfig c = fp8_config(quant, DType::bf16, 24);
     c.expert_begin = 4;
     c.expert_end = 9;
-    const Fp8Problem f = make_fp8_problem(c, 24, rng);
+    Fp8Problem f = make_fp8_problem(c, 24, rng);
+    // Token 5 has the batch's largest values and only remote experts: fp8_tensor's GEMM1 scale
+    // is taken over every valid token before dispatch, so it must still see them.
+    for (int64_t j = 0; j < c.top_k; ++j) f.p.ids[5 * c.top_k + j] = static_cast<int32_t>(j);
+    std::vector<float> x = f.p.x.to_float();
+    for (int64_t col = 0; col < c.hidden; ++col) x[5 * c.hidden + col] *= 3e4f;
+    f.p.x = Buffer::from(c.dtype, x);
     const LayerRun run = run_fp8(f);
     expect_matches_fp8_reference(f, run, all_tokens(24));
     EXPECT_GT(run.diagnostics[kDiagIdRemote], 0);
