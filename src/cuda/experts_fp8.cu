@@ -14,6 +14,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/fp8_quantize.h"
 #include "cuda/gemm/grouped_gemm_simt.h"
+#include "cuda/gemm/weight_stream.h"
 #include "cuda/gemm/weight_stream_fp8.h"
 
 namespace ironmoe::cuda {
@@ -32,7 +33,8 @@ bool choose_fp8_stream(ExpertKernel kernel, bool stream_ok, int64_t rows) {
     case ExpertKernel::automatic: return stream_ok && rows <= kFp8StreamMaxRows;
     case ExpertKernel::weight_stream:
       IRONMOE_CHECK(stream_ok, "experts", "kernel (config.expert_kernel): FP8 weight_stream ",
-                    "needs H and I multiples of 16 and 16-byte aligned weights");
+                    "needs H and I multiples of 16, 16-byte aligned weights and at most ",
+                    gemm::kWeightStreamMaxExperts, " local experts");
       return true;
     case ExpertKernel::cuda_cores: return false;
     case ExpertKernel::grouped_gemm: break;

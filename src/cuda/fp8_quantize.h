@@ -11,8 +11,7 @@
 namespace ironmoe::cuda {
 
 // *scale = fp8 dynamic scale of the largest magnitude (NaN ignored) over the experts' rows of
-// src ([R, k] in `dtype`, row stride `stride`), computed through `amax_word` (4 bytes of scratch;
-// may be `scale` itself).
+// src ([R, k] in `dtype`, row stride `stride`); *scale holds the amax's bits in between.
 void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const void* src, DType dtype,
                               int64_t stride, int64_t k, float* scale, cudaStream_t stream);
 

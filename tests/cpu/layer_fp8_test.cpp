@@ -378,6 +378,12 @@ TEST(LayerFp8Validation, BadScalesAreClearErrors) {
                             Stream::cpu());
       },
       {"weights.w13_scale", "quant is none"}, "scales without fp8");
+
+  // The one kernel family without an FP8 form is refused with the config, not at forward().
+  MoeConfig grouped = c;
+  grouped.expert_kernel = ExpertKernel::grouped_gemm;
+  expect_error_naming([&] { grouped.validate(); }, {"expert_kernel", "grouped_gemm", "FP8"},
+                      "fp8 with the grouped GEMM");
 }
 
 }  // namespace
