@@ -323,6 +323,97 @@ TEST(LayerFp8Sizes, AroundEightThousandTokens) {
   }
 }
 
+// fp8_channel, fp8_block and fp8_tensor with static scales quantise each token on its own, so a
+// token alone and the same token inside a batch give the same bits (contract D1).
+TEST(LayerFp8Determinism, TokenAloneAndInsideABatchGiveTheSameBits) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    const Fp8Problem batch = make_fp8_problem(fp8_config(quant, DType::bf16, 9), 9, rng,
+                                              quant == QuantScheme::fp8_tensor);
+    const std::vector<uint8_t> batch_out = run_fp8(batch).out.bytes();
+    const int64_t hidden = batch.p.config.hidden;
+    const int64_t k = batch.p.config.top_k;
+    for (int64_t t : {0, 4, 8}) {
+      Fp8Problem alone = batch;
+      alone.p.tokens = 1;
+      alone.p.config.max_tokens = 1;
+      const std::vector<float> x = batch.p.x.to_float();
+      alone.p.x = Buffer::from(
+          DType::bf16, std::vector<float>(x.begin() + t * hidden, x.begin() + (t + 1) * hidden));
+      alone.p.ids.assign(batch.p.ids.begin() + t * k, batch.p.ids.begin() + (t + 1) * k);
+      alone.p.weights.assign(batch.p.weights.begin() + t * k,
+                             batch.p.weights.begin() + (t + 1) * k);
+      const std::vector<uint8_t> row = run_fp8(alone).out.bytes();
+      const auto first = batch_out.begin() + t * hidden * 2;  // bf16 bytes
+      EXPECT_TRUE(std::equal(row.begin(), row.end(), first))
+          << quant_scheme_name(quant) << ", token " << t;
+    }
+  }
+}
+
+// The experts stage on its own with FP8 experts (an engine's dispatch feeding it rows directly):
+// each row of an fp8_channel stage equals the FP8 reference's one-slot layer of that row, and
+// the scratch must be 256-byte aligned.
+TEST(LayerFp8Stage, ExpertsStageAloneMatchesTheReferenceAndChecksItsScratch) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  MoeConfig c = fp8_config(QuantScheme::fp8_channel, DType::f32, 10);
+  const Fp8Problem f = make_fp8_problem(c, 10, rng);
+  const int64_t hidden = c.hidden;
+  const int64_t inter = c.intermediate;
+  const int64_t experts = c.num_experts;
+  // Rows 0-2 to expert 3, rows 3-9 to expert 7; the rest own none.
+  std::vector<int32_t> offsets(static_cast<size_t>(experts), 0);
+  std::vector<int32_t> counts(static_cast<size_t>(experts), 0);
+  offsets[3] = 0;
+  counts[3] = 3;
+  offsets[7] = 3;
+  counts[7] = 7;
+  Buffer h = Buffer::poisoned(DType::f32, 10 * inter);
+  Buffer out = Buffer::poisoned(DType::f32, 10 * hidden);
+  const size_t scratch_bytes =
+      expert_scratch_bytes(10, hidden, inter, experts, DType::f32, Device::cpu(), c.quant);
+  AlignedBuffer scratch(scratch_bytes + 256);
+  ExpertArgs args;
+  args.permuted_in = TensorView::contiguous(f.p.x.data(), DType::f32, {10, hidden});
+  args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {experts});
+  args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {experts});
+  args.w13 = TensorView::contiguous(f.w.w13.data(), DType::f8e4m3, {experts, 2 * inter, hidden});
+  args.w2 = TensorView::contiguous(f.w.w2.data(), DType::f8e4m3, {experts, hidden, inter});
+  args.quant = c.quant;
+  args.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {experts, 2 * inter});
+  args.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32, {experts, hidden});
+  args.intermediate = TensorView::contiguous(h.data(), DType::f32, {10, inter});
+  args.permuted_out = TensorView::contiguous(out.data(), DType::f32, {10, hidden});
+  args.scratch = static_cast<char*>(scratch.data()) + 16;
+  args.scratch_bytes = scratch_bytes;
+  expect_error_naming([&] { ironmoe::experts(args, Stream::cpu()); }, {"scratch", "256"},
+                      "misaligned FP8 scratch");
+  args.scratch = scratch.data();
+  ironmoe::experts(args, Stream::cpu());
+
+  const std::vector<float> x = f.p.x.to_float();
+  const std::vector<float> got = out.to_float();
+  MoeConfig one = c;
+  one.top_k = 1;
+  one.max_tokens = 1;
+  for (int64_t r = 0; r < 10; ++r) {
+    const int32_t id = r < 3 ? 3 : 7;
+    const float weight = 1.0f;
+    std::vector<double> ref(static_cast<size_t>(hidden));
+    reference::layer_fp8(one, 1, x.data() + r * hidden, &id, &weight, f.w, nullptr, 1, {0},
+                         ref.data());
+    double diff = 0.0, largest = 1e-30;
+    for (int64_t col = 0; col < hidden; ++col) {
+      diff = std::max(diff, std::fabs(got[r * hidden + col] - ref[col]));
+      largest = std::max(largest, std::fabs(ref[col]));
+    }
+    EXPECT_LT(diff / largest, fp8_tolerance(DType::f32)) << "row " << r;
+  }
+}
+
 TEST(LayerFp8Validation, BadScalesAreClearErrors) {
   Rng rng = Rng::for_current_test();
   Fp8Problem f = make_fp8_problem(fp8_config(QuantScheme::fp8_block, DType::bf16, 4), 4, rng);
