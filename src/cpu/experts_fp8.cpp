@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
-#include <vector>
 
 #include "core/fp8.h"
 #include "core/fp8_scales.h"
@@ -59,46 +59,48 @@ struct Fp8Rows {
   }
 };
 
-// The permuted rows that belong to some local expert, in expert order.
-std::vector<int64_t> expert_rows(const Problem& problem) {
-  std::vector<int64_t> rows;
-  for (int64_t e = 0; e < problem.local_experts; ++e) {
-    for (int64_t r = 0; r < problem.counts[e]; ++r) rows.push_back(problem.offsets[e] + r);
-  }
-  return rows;
+// Local expert e's [rows, cols] matrix of an [E_local, rows, cols] FP8 weight with its scales.
+Fp8Rows expert_weights(QuantScheme quant, const uint8_t* codes, const float* scales, int64_t e,
+                       int64_t rows, int64_t cols) {
+  return {codes + e * rows * cols, cols, core::fp8_weight_scale_map(quant, scales, e, rows, cols),
+          fp8_values().data()};
 }
 
-// Quantises `rows` of a [R, k] activation read by load(row, out) (k fp32 values): codes [R, k],
+// Calls body(row) for every permuted row of a local expert, in parallel (blocks of rows).
+template <class Body>
+void for_each_expert_row(const Problem& problem, ThreadPool* threads, Body body) {
+  Problem rows = problem;
+  rows.col_blocks = 1;
+  parallel_for(threads, rows.items(), [&](int64_t begin, int64_t end) {
+    rows.for_items(begin, end, [&](int64_t, int64_t row0, int64_t count, int64_t) {
+      for (int64_t r = row0; r < row0 + count; ++r) body(r);
+    });
+  });
+}
+
+// Quantises the experts' rows of a [R, k] activation read by value(row, column): codes [R, k],
 // scales [R, per row] and, for fp8_tensor, *tensor_scale (given: used; absent: dynamic over the
 // rows, NaN ignored).
-template <class Load>
-void quantize_rows(QuantScheme quant, const std::vector<int64_t>& rows, int64_t k,
-                   const TensorView& given_scale, Load load, uint8_t* codes, float* row_scales,
+template <class Value>
+void quantize_rows(QuantScheme quant, const Problem& problem, int64_t k,
+                   const TensorView& given_scale, Value value, uint8_t* codes, float* row_scales,
                    float* tensor_scale, ThreadPool* threads) {
-  const auto count = static_cast<int64_t>(rows.size());
   const int64_t per_row = core::fp8_activation_scales_per_row(quant, k);
   if (quant == QuantScheme::fp8_tensor) {
     if (given_scale.data != nullptr) {
       *tensor_scale = *given_scale.ptr<const float>();
     } else {
-      std::vector<float> row_amax(static_cast<size_t>(count));
-      parallel_for(threads, count, [&](int64_t begin, int64_t end) {
-        std::vector<float> values(static_cast<size_t>(k));
-        for (int64_t i = begin; i < end; ++i) {
-          load(rows[i], values.data());
-          row_amax[i] = amax(values.data(), k, false);
-        }
+      uint32_t largest = 0;
+      for_each_expert_row(problem, threads, [&](int64_t r) {
+        raise_amax(&largest, amax([&](int64_t c) { return value(r, c); }, 0, k, false));
       });
-      *tensor_scale = core::fp8_dynamic_scale(amax(row_amax.data(), count, false));
+      *tensor_scale = core::fp8_dynamic_scale(std::bit_cast<float>(largest));
     }
   }
-  parallel_for(threads, count, [&](int64_t begin, int64_t end) {
-    std::vector<float> values(static_cast<size_t>(k));
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = rows[i];
-      load(r, values.data());
-      quantize_row(quant, values.data(), k, *tensor_scale, codes + r * k, row_scales + r * per_row);
-    }
+  for_each_expert_row(problem, threads, [&](int64_t r) {
+    quantize_row(
+        quant, [&](int64_t c) { return value(r, c); }, k, *tensor_scale, codes + r * k,
+        row_scales + r * per_row);
   });
 }
 
@@ -123,15 +125,12 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
   const auto* w2_scale = args.w2_scale.ptr<const float>();
   auto* y = static_cast<Storage*>(args.permuted_out.data);
   const float* values = fp8_values().data();
-  const std::vector<int64_t> rows = expert_rows(problem);
 
   // 1. GEMM1 input.
   quantize_rows(
-      quant, rows, hidden, args.w13_input_scale,
-      [&](int64_t r, float* out) {
-        for (int64_t c = 0; c < hidden; ++c) out[c] = load(x + r * hidden, c);
-      },
-      a_codes, a_scales, &tensor_scales[0], threads);
+      quant, problem, hidden, args.w13_input_scale,
+      [&](int64_t r, int64_t c) { return load(x + r * hidden, c); }, a_codes, a_scales,
+      &tensor_scales[0], threads);
   const Fp8Rows a{a_codes, hidden,
                   core::fp8_activation_scale_map(quant, a_scales, &tensor_scales[0], hidden),
                   values};
@@ -139,10 +138,7 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
   // 2. GEMM1 + activation, kept in fp32.
   gate_up_pass(
       problem, inter, hidden, a,
-      [&](int64_t e) {
-        return Fp8Rows{w13 + e * 2 * inter * hidden, hidden,
-                       core::fp8_weight_scale_map(quant, w13_scale, e, 2 * inter, hidden), values};
-      },
+      [&](int64_t e) { return expert_weights(quant, w13, w13_scale, e, 2 * inter, hidden); },
       [&](int64_t row, int64_t n, float gate, float up) {
         h_values[row * inter + n] = activate(args.activation, gate) * up;
       },
@@ -150,9 +146,9 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
 
   // 3. GEMM2 input, from fp32.
   quantize_rows(
-      quant, rows, inter, args.w2_input_scale,
-      [&](int64_t r, float* out) { std::copy_n(h_values + r * inter, inter, out); }, h_codes,
-      h_scales, &tensor_scales[1], threads);
+      quant, problem, inter, args.w2_input_scale,
+      [&](int64_t r, int64_t c) { return h_values[r * inter + c]; }, h_codes, h_scales,
+      &tensor_scales[1], threads);
   const Fp8Rows h{h_codes, inter,
                   core::fp8_activation_scale_map(quant, h_scales, &tensor_scales[1], inter),
                   values};
@@ -160,10 +156,7 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
   // 4. GEMM2, rounded to the storage dtype.
   down_pass(
       problem, hidden, inter, h,
-      [&](int64_t e) {
-        return Fp8Rows{w2 + e * hidden * inter, inter,
-                       core::fp8_weight_scale_map(quant, w2_scale, e, hidden, inter), values};
-      },
+      [&](int64_t e) { return expert_weights(quant, w2, w2_scale, e, hidden, inter); },
       [&](int64_t row, int64_t n, float value) { store(y + row * hidden, n, value); }, threads);
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/fp8_weights.h"
 #include "common/host_data.h"
 #include "reference_fp8.h"
 #include "reference_moe.h"
@@ -42,8 +43,8 @@ double sampled_layer_error(const Problem& problem, const std::vector<int32_t>& i
   std::vector<float> got(reference.size());
   std::vector<double> slot_out(static_cast<size_t>(hidden));
   const QuantScheme quant = shape.quant;
-  const int64_t w13_scales = scales_per_expert(quant, 2 * shape.intermediate, hidden);
-  const int64_t w2_scales = scales_per_expert(quant, hidden, shape.intermediate);
+  const int64_t w13_scales = fp8_scales_per_expert(quant, 2 * shape.intermediate, hidden);
+  const int64_t w2_scales = fp8_scales_per_expert(quant, hidden, shape.intermediate);
   std::vector<float> input_scales;
   if (quant == QuantScheme::fp8_tensor) {
     input_scales = download_as(problem.input_scales, 2, DType::f32);

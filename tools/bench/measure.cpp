@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "bench/accuracy.h"
+#include "common/fp8_weights.h"
 #include "ironmoe/layer.h"
 #include "ironmoe/route.h"
 
@@ -50,22 +51,11 @@ Weights weight_views(const Problem& problem, const MoeConfig& config) {
   }
   weights.w13 = problem.w13.view(DType::f8e4m3, {e, 2 * i, h});
   weights.w2 = problem.w2.view(DType::f8e4m3, {e, h, i});
-  const auto blocks = [](int64_t n) { return (n + 127) / 128; };
-  switch (config.quant) {
-    case QuantScheme::fp8_channel:
-      weights.w13_scale = problem.w13_scale.view(DType::f32, {e, 2 * i});
-      weights.w2_scale = problem.w2_scale.view(DType::f32, {e, h});
-      break;
-    case QuantScheme::fp8_block:
-      weights.w13_scale = problem.w13_scale.view(DType::f32, {e, blocks(2 * i), blocks(h)});
-      weights.w2_scale = problem.w2_scale.view(DType::f32, {e, blocks(h), blocks(i)});
-      break;
-    default:
-      weights.w13_scale = problem.w13_scale.view(DType::f32, {e});
-      weights.w2_scale = problem.w2_scale.view(DType::f32, {e});
-      weights.w13_input_scale = problem.input_scales.view_at(0, DType::f32, {1});
-      weights.w2_input_scale = problem.input_scales.view_at(sizeof(float), DType::f32, {1});
-      break;
+  weights.w13_scale = fp8_weight_scale_view(problem.w13_scale, config.quant, e, 2 * i, h);
+  weights.w2_scale = fp8_weight_scale_view(problem.w2_scale, config.quant, e, h, i);
+  if (config.quant == QuantScheme::fp8_tensor) {
+    weights.w13_input_scale = problem.input_scales.view_at(0, DType::f32, {1});
+    weights.w2_input_scale = problem.input_scales.view_at(sizeof(float), DType::f32, {1});
   }
   return weights;
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/fp8_weights.h"
 #include "common/host_data.h"
 #include "reference_fp8.h"
 
@@ -43,24 +44,13 @@ DeviceBuffer random_scales(Device device, int64_t count, int64_t fan_in, uint64_
 
 }  // namespace
 
-int64_t scales_per_expert(QuantScheme quant, int64_t rows, int64_t cols) {
-  const auto blocks = [](int64_t n) { return (n + 127) / 128; };
-  switch (quant) {
-    case QuantScheme::fp8_tensor: return 1;
-    case QuantScheme::fp8_channel: return rows;
-    case QuantScheme::fp8_block: return blocks(rows) * blocks(cols);
-    case QuantScheme::none: break;
-  }
-  return 0;
-}
-
 int64_t expert_weight_elements(const MoeConfig& config) {
   return 3 * config.hidden * config.intermediate;
 }
 
 int64_t expert_scale_count(const MoeConfig& config) {
-  return scales_per_expert(config.quant, 2 * config.intermediate, config.hidden) +
-         scales_per_expert(config.quant, config.hidden, config.intermediate);
+  return fp8_scales_per_expert(config.quant, 2 * config.intermediate, config.hidden) +
+         fp8_scales_per_expert(config.quant, config.hidden, config.intermediate);
 }
 
 size_t weight_element_bytes(const MoeConfig& config, DType dtype) {
@@ -115,11 +105,11 @@ Problem make_problem(const BenchShape& shape, DType dtype, int64_t max_tokens, u
     fill_fp8_codes(problem.w2, w2_count, stream_seed(seed, kSeedW2), pool);
     const int64_t inter = c.intermediate;
     problem.w13_scale =
-        random_scales(device, c.num_experts * scales_per_expert(c.quant, 2 * inter, c.hidden),
+        random_scales(device, c.num_experts * fp8_scales_per_expert(c.quant, 2 * inter, c.hidden),
                       c.hidden, stream_seed(seed, kSeedW13Scale));
     problem.w2_scale =
-        random_scales(device, c.num_experts * scales_per_expert(c.quant, c.hidden, inter), inter,
-                      stream_seed(seed, kSeedW2Scale));
+        random_scales(device, c.num_experts * fp8_scales_per_expert(c.quant, c.hidden, inter),
+                      inter, stream_seed(seed, kSeedW2Scale));
     // x is uniform in +-sqrt(3); h = act(gate) * up of unit-scale gate and up stays well
     // inside +-16 (static scales come from calibration in real checkpoints).
     problem.input_scales =

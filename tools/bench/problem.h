@@ -40,9 +40,7 @@ Problem make_problem(const BenchShape& shape, DType dtype, int64_t max_tokens, u
                      Device device, ThreadPool& pool);
 
 int64_t expert_weight_elements(const MoeConfig& config);  // 3 * H * I
-// f32 scales of one expert's [rows, cols] FP8 weight matrix (experts.h shapes), and of all its
-// weights.
-int64_t scales_per_expert(QuantScheme quant, int64_t rows, int64_t cols);
+// f32 scales of all of one expert's FP8 weights (common/fp8_weights.h per matrix).
 int64_t expert_scale_count(const MoeConfig& config);
 size_t weight_element_bytes(const MoeConfig& config, DType dtype);  // 1 for FP8
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "common/fp8_weights.h"
 #include "ironmoe/layer.h"
 #include "ironmoe/plan.h"
 #include "ironmoe/route.h"
@@ -177,18 +178,9 @@ LayerRun run_layer(Context& context, const LayerInput& input) {
   layer_weights.w13 = w13.view(weight_dtype, {local, 2 * c.intermediate, h});
   layer_weights.w2 = w2.view(weight_dtype, {local, h, c.intermediate});
   if (fp8) {
-    const int64_t i = c.intermediate;
-    const auto blocks = [](int64_t n) { return (n + 127) / 128; };
-    if (c.quant == QuantScheme::fp8_tensor) {
-      layer_weights.w13_scale = w13_scale.view(DType::f32, {local});
-      layer_weights.w2_scale = w2_scale.view(DType::f32, {local});
-    } else if (c.quant == QuantScheme::fp8_channel) {
-      layer_weights.w13_scale = w13_scale.view(DType::f32, {local, 2 * i});
-      layer_weights.w2_scale = w2_scale.view(DType::f32, {local, h});
-    } else {
-      layer_weights.w13_scale = w13_scale.view(DType::f32, {local, blocks(2 * i), blocks(h)});
-      layer_weights.w2_scale = w2_scale.view(DType::f32, {local, blocks(h), blocks(i)});
-    }
+    layer_weights.w13_scale =
+        fp8_weight_scale_view(w13_scale, c.quant, local, 2 * c.intermediate, h);
+    layer_weights.w2_scale = fp8_weight_scale_view(w2_scale, c.quant, local, h, c.intermediate);
   }
   Outputs outputs;
   outputs.out = TensorView::rows(out.data(), c.dtype, t, h, out_stride, device);
