@@ -57,8 +57,8 @@ void check_routing(const char* where, const RoutingConfig& routing, int64_t num_
   IRONMOE_CHECK(routing.num_groups >= 1 && num_experts % routing.num_groups == 0, where,
                 "routing.num_groups: expected a divisor of num_experts (", num_experts, "), got ",
                 routing.num_groups);
-  const int64_t max_groups = routing.num_groups < core::kMaxTopK ? routing.num_groups
-                                                                 : core::kMaxTopK;
+  const int64_t max_groups =
+      routing.num_groups < core::kMaxTopK ? routing.num_groups : core::kMaxTopK;
   IRONMOE_CHECK(routing.topk_groups >= 1 && routing.topk_groups <= max_groups, where,
                 "routing.topk_groups: expected a value in [1, ", max_groups,
                 "] (num_groups, at most ", core::kMaxTopK, "), got ", routing.topk_groups);
@@ -101,9 +101,10 @@ void MoeConfig::validate() const {
                     quant == QuantScheme::fp8_channel || quant == QuantScheme::fp8_block,
                 where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
                 static_cast<int>(quant));
-  IRONMOE_CHECK(quant == QuantScheme::none || expert_kernel != ExpertKernel::grouped_gemm, where,
-                "expert_kernel: grouped_gemm has no FP8 form yet; FP8 experts run on ",
-                "weight_stream or cuda_cores (or automatic), got quant ", quant_scheme_name(quant));
+  IRONMOE_CHECK(quant != QuantScheme::fp8_channel || expert_kernel != ExpertKernel::grouped_gemm,
+                where, "expert_kernel: grouped_gemm has no fp8_channel form yet (fp8_tensor and ",
+                "fp8_block have one); fp8_channel experts run on weight_stream or cuda_cores (or ",
+                "automatic)");
   IRONMOE_CHECK(layout == Layout::contiguous || layout == Layout::batched, where,
                 "layout: expected contiguous or batched, got ", static_cast<int>(layout));
   IRONMOE_CHECK(batched_capacity >= 0, where, "batched_capacity: expected >= 0 (0: max_tokens), ",

@@ -19,7 +19,9 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
                 num_local_experts);
   api::check_float_dtype(where, "dtype", dtype, device);
   if (quant != QuantScheme::none) {
-    return core::fp8_scratch(quant, max_rows, hidden, intermediate).total_bytes;
+    if (device.is_cpu()) return core::fp8_scratch(quant, max_rows, hidden, intermediate).total_bytes;
+    return cuda::expert_scratch_bytes_fp8(max_rows, hidden, intermediate, num_local_experts, dtype,
+                                          quant, device.index);
   }
   if (device.is_cpu()) return 0;  // the CPU stage keeps its fp32 tiles on the stack
   return cuda::expert_scratch_bytes(max_rows, hidden, intermediate, num_local_experts, dtype,

@@ -23,6 +23,7 @@
 #include "core/check.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm/expert_rows.h"
 #include "cuda/gemm/gated_activation.h"
 #include "cuda/gemm/grouped_gemm_simt.h"
@@ -70,22 +71,6 @@ Sm90Scratch sm90_scratch(int64_t max_rows, int64_t intermediate, int64_t local_e
 // Shapes the Hopper path can take at all (pointers and strides are checked per call).
 bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
   return dtype == DType::bf16 && hidden % 8 == 0 && intermediate % 8 == 0;
-}
-
-int device_attribute(cudaDeviceAttr attribute, int device_index) {
-  int value = 0;
-  IRONMOE_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device_index));
-  return value;
-}
-
-int sm_count(int device_index) {
-  return device_attribute(cudaDevAttrMultiProcessorCount, device_index);
-}
-
-// sm_90a code runs on compute capability 9.0 exactly.
-bool is_sm90(int device_index) {
-  return device_attribute(cudaDevAttrComputeCapabilityMajor, device_index) == 9 &&
-         device_attribute(cudaDevAttrComputeCapabilityMinor, device_index) == 0;
 }
 
 constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";

@@ -1,67 +1,229 @@
 // Stage 4 on CUDA with FP8 experts (ExpertArgs::quant != none), in the CPU backend's steps
 // (cpu/experts_fp8.cpp): quantise GEMM1's input rows (per-tensor: an amax pass first unless a
-// static scale is given), GEMM1 with the activation into fp32 h, quantise h, GEMM2 into
-// permuted_out. Two GEMM families on E4M3 codes and scales:
+// static scale is given), GEMM1 and the activation, quantise h, GEMM2 into permuted_out. Three
+// GEMM families on E4M3 codes and scales:
+//   hopper         (gemm/grouped_gemm_sm90_fp8.h) E4M3 tensor cores, bf16 activations with H and I
+//                  multiples of 16, fp8_tensor and fp8_block: GEMM1 into a bf16 gate_up buffer,
+//                  whose act(gate) * up is quantised straight into GEMM2's codes (one kernel);
+//                  the scales go in the GEMM's own layout, fp8_tensor's weight scale folded
+//                  into the activation scale of each expert's rows;
 //   weight_stream  (gemm/weight_stream_fp8.h) up to kFp8StreamMaxRows rows: each weight byte
-//                  read once per 4 rows of its expert, at memory speed;
-//   cuda_cores     (gemm/grouped_gemm_simt.h) every shape: correct, not fast (no FP8 tensor-core
-//                  GEMM yet).
-// Every buffer is carved from the scratch by core::fp8_scratch; nothing syncs with the host.
+//                  read once per 2 rows of its expert, at memory speed; h in fp32;
+//   cuda_cores     (gemm/grouped_gemm_simt.h) every shape: correct, not fast.
+// Every buffer is carved from the scratch (core::fp8_scratch, then the Hopper path's part);
+// nothing syncs with the host.
+#include <algorithm>
+
 #include "core/check.h"
 #include "core/fp8_scales.h"
 #include "core/fp8_scratch.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_info.h"
 #include "cuda/fp8_quantize.h"
 #include "cuda/gemm/grouped_gemm_simt.h"
+#include "cuda/gemm/grouped_gemm_sm90_fp8.h"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/gemm/weight_stream_fp8.h"
 
 namespace ironmoe::cuda {
 namespace {
 
-// Up to this many permuted rows the streaming kernels run (automatic). Measured on an H100
-// against the CUDA-core GEMM, the only other FP8 path so far (docs/performance.md, qwen3-30b-a3b):
-// streaming is 4.5-18x faster from 8 to 512 rows and 2.4-3.4x at 2048 (256 tokens); larger
-// batches are not measured yet.
+// Up to this many permuted rows the streaming kernels run when the Hopper GEMM cannot.
+// Measured on an H100 against the CUDA-core GEMM (docs/performance.md, qwen3-30b-a3b): streaming
+// is 4.5-18x faster from 8 to 512 rows and 2.4-3.4x at 2048 (256 tokens).
 constexpr int64_t kFp8StreamMaxRows = 2048;
+// From this many permuted rows on the Hopper GEMM runs where it can (docs/performance.md,
+// "FP8 tensor cores").
+constexpr int64_t kFp8HopperMinRows = 256;
 
-// Whether the GEMMs stream weights (else the CUDA-core GEMM); a forced kernel that cannot run
-// is an error.
-bool choose_fp8_stream(ExpertKernel kernel, bool stream_ok, int64_t rows) {
+enum class Fp8Path { hopper, weight_stream, cuda_cores };
+
+Fp8Path choose_fp8_path(ExpertKernel kernel, bool hopper_ok, bool stream_ok, int64_t rows) {
   switch (kernel) {
-    case ExpertKernel::automatic: return stream_ok && rows <= kFp8StreamMaxRows;
+    case ExpertKernel::automatic:
+      if (hopper_ok && rows >= kFp8HopperMinRows) return Fp8Path::hopper;
+      if (stream_ok && rows <= kFp8StreamMaxRows) return Fp8Path::weight_stream;
+      return hopper_ok ? Fp8Path::hopper : Fp8Path::cuda_cores;
+    case ExpertKernel::grouped_gemm:
+      IRONMOE_CHECK(hopper_ok, "experts", "kernel (config.expert_kernel): the FP8 grouped_gemm ",
+                    "needs an sm_90 GPU, bf16 activations, fp8_tensor or fp8_block, H and I ",
+                    "multiples of 16 and 16-byte aligned buffers and strides");
+      return Fp8Path::hopper;
     case ExpertKernel::weight_stream:
       IRONMOE_CHECK(stream_ok, "experts", "kernel (config.expert_kernel): FP8 weight_stream ",
                     "needs H and I multiples of 16, 16-byte aligned weights and at most ",
                     gemm::kWeightStreamMaxExperts, " local experts");
-      return true;
-    case ExpertKernel::cuda_cores: return false;
-    case ExpertKernel::grouped_gemm: break;
+      return Fp8Path::weight_stream;
+    case ExpertKernel::cuda_cores: return Fp8Path::cuda_cores;
   }
-  core::fail("experts", "kernel (config.expert_kernel): FP8 experts run on weight_stream or ",
-             "cuda_cores so far, got ", expert_kernel_name(kernel));
+  core::fail("experts", "kernel (config.expert_kernel): expected automatic, grouped_gemm, ",
+             "weight_stream or cuda_cores, got ", static_cast<int>(kernel));
 }
 
-// Quantises the experts' rows of src ([R, k], contiguous) into codes and row scales; fp8_tensor
-// uses `given` or, when null, a dynamic scale computed into `dynamic`. Returns the tensor scale
-// (null for the other schemes).
-const float* quantize_input(const gemm::ExpertRows& rows, const void* src, DType dtype, int64_t k,
+// Shapes and schemes the Hopper path can take at all (pointers and strides are checked per call).
+bool hopper_shapes(DType dtype, QuantScheme quant, int64_t hidden, int64_t intermediate) {
+  return dtype == DType::bf16 &&
+         (quant == QuantScheme::fp8_tensor || quant == QuantScheme::fp8_block) &&
+         hidden % 16 == 0 && intermediate % 16 == 0;
+}
+
+// The Hopper path's scratch after core::fp8_scratch (whose h_values region holds gate_up [R, 2I]
+// bf16, the same bytes): both GEMM inputs' scales in the GEMM's layout, the shared unit weight
+// scales of fp8_tensor, two problem lists and the GEMM workspace, each 256-byte aligned.
+struct HopperScratch {
+  size_t a_scales = 0, h_scales = 0, ones = 0, gemm1_list = 0, gemm2_list = 0, workspace = 0;
+  size_t workspace_bytes = 0;
+  int64_t ones_count = 0;
+  size_t total = 0;
+};
+
+HopperScratch hopper_scratch(size_t start, int64_t rows, int64_t hidden, int64_t intermediate,
+                             int64_t local_experts, int sms) {
+  constexpr size_t kAlign = 256;
+  size_t end = start;
+  auto take = [&](size_t bytes) {
+    const size_t offset = end;
+    end = (offset + bytes + kAlign - 1) / kAlign * kAlign;
+    return offset;
+  };
+  const int64_t h_blocks = core::fp8_blocks(hidden);
+  const int64_t i_blocks = core::fp8_blocks(intermediate);
+  HopperScratch s;
+  s.a_scales = take(static_cast<size_t>(rows * h_blocks) * sizeof(float));
+  s.h_scales = take(static_cast<size_t>(rows * i_blocks) * sizeof(float));
+  s.ones_count = std::max(core::fp8_blocks(2 * intermediate) * h_blocks, h_blocks * i_blocks);
+  s.ones = take(static_cast<size_t>(s.ones_count) * sizeof(float));
+  s.gemm1_list = take(gemm::sm90_fp8_problem_list_bytes(local_experts));
+  s.gemm2_list = take(gemm::sm90_fp8_problem_list_bytes(local_experts));
+  s.workspace_bytes = gemm::sm90_fp8_workspace_bytes(sms);
+  s.workspace = take(s.workspace_bytes);
+  s.total = end;
+  return s;
+}
+
+// Quantises the experts' rows of `source` into codes and scales; fp8_tensor uses `given` or,
+// when null, a dynamic scale computed into `dynamic`. Returns the tensor scale (null for the
+// other schemes).
+const float* quantize_input(const gemm::ExpertRows& rows, const Fp8RowSource& source,
                             QuantScheme quant, const float* given, float* dynamic, uint8_t* codes,
-                            float* row_scales, cudaStream_t stream) {
+                            const Fp8ScaleTarget& scales, cudaStream_t stream) {
   const float* tensor_scale = nullptr;
   if (quant == QuantScheme::fp8_tensor) {
     tensor_scale = given;
     if (tensor_scale == nullptr) {
-      fp8_tensor_scale_of_rows(rows, src, dtype, k, k, dynamic, stream);
+      fp8_tensor_scale_of_rows(rows, source, dynamic, stream);
       tensor_scale = dynamic;
     }
   }
-  fp8_quantize_rows(rows, src, dtype, k, k, quant, tensor_scale, codes, row_scales, stream);
+  fp8_quantize_rows(rows, source, quant, tensor_scale, codes, scales, stream);
   return tensor_scale;
 }
 
+// The stage's buffers, carved from the scratch.
+struct Fp8Buffers {
+  uint8_t* a_codes;
+  float* a_scales;
+  float* h_values;  // the Hopper path: gate_up [R, 2I] bf16
+  uint8_t* h_codes;
+  float* h_scales;
+  float* tensor_scales;
+};
+
+Fp8Buffers carve(char* scratch, const core::Fp8Scratch& layout) {
+  return {reinterpret_cast<uint8_t*>(scratch + layout.a_codes),
+          reinterpret_cast<float*>(scratch + layout.a_scales),
+          reinterpret_cast<float*>(scratch + layout.h_values),
+          reinterpret_cast<uint8_t*>(scratch + layout.h_codes),
+          reinterpret_cast<float*>(scratch + layout.h_scales),
+          reinterpret_cast<float*>(scratch + layout.tensor_scales)};
+}
+
+void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8Buffers& buffers,
+                char* scratch, const HopperScratch& layout, const gemm::Sm90Fp8GemmOperands* gemms,
+                int device_index, int sms, cudaStream_t stream) {
+  const QuantScheme quant = args.quant;
+  const bool tensor = quant == QuantScheme::fp8_tensor;
+  auto* a_scales = reinterpret_cast<float*>(scratch + layout.a_scales);
+  auto* h_scales = reinterpret_cast<float*>(scratch + layout.h_scales);
+  const int64_t hidden = args.permuted_in.size(1);
+  const int64_t inter = args.w13.size(1) / 2;
+
+  // 1. GEMM1's input, its scales in the GEMM's layout (fp8_tensor: times w13's expert scale).
+  const Fp8RowSource x{args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0],
+                       hidden};
+  quantize_input(rows, x, quant, args.w13_input_scale.ptr<const float>(), &buffers.tensor_scales[0],
+                 buffers.a_codes,
+                 {nullptr, a_scales, tensor ? args.w13_scale.ptr<const float>() : nullptr}, stream);
+
+  // 2. Both problem lists (and fp8_tensor's unit weight scales), then GEMM1 into gate_up.
+  void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
+  gemm::sm90_fp8_write_problem_lists(
+      rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
+      reinterpret_cast<float*>(scratch + layout.ones), tensor ? layout.ones_count : 0, stream);
+  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], scratch + layout.workspace, device_index,
+                              sms, stream);
+
+  // 3. act(gate) * up, quantised straight from gate_up into GEMM2's codes.
+  Fp8RowSource h{buffers.h_values, DType::bf16, 2 * inter, inter};
+  h.gated = true;
+  h.activation = args.activation;
+  quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &buffers.tensor_scales[1],
+                 buffers.h_codes,
+                 {nullptr, h_scales, tensor ? args.w2_scale.ptr<const float>() : nullptr}, stream);
+
+  // 4. GEMM2 into permuted_out.
+  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[1], scratch + layout.workspace, device_index,
+                              sms, stream);
+}
+
+// The Hopper path's two GEMMs over the stage's buffers.
+void hopper_operands(const ExpertArgs& args, const Fp8Buffers& buffers, char* scratch,
+                     const HopperScratch& layout, gemm::Sm90Fp8GemmOperands* gemms) {
+  const bool block = args.quant == QuantScheme::fp8_block;
+  const int64_t hidden = args.permuted_in.size(1);
+  const int64_t inter = args.w13.size(1) / 2;
+  const auto* ones = reinterpret_cast<const float*>(scratch + layout.ones);
+  gemm::Sm90Fp8GemmOperands& g1 = gemms[0];
+  g1.a = buffers.a_codes;
+  g1.a_stride = hidden;
+  g1.a_scales = reinterpret_cast<const float*>(scratch + layout.a_scales);
+  g1.b = static_cast<const uint8_t*>(args.w13.data);
+  g1.b_expert_stride = args.w13.strides[0];
+  g1.b_scales = block ? args.w13_scale.ptr<const float>() : ones;
+  g1.b_scales_expert_stride = block ? args.w13_scale.strides[0] : 0;
+  g1.d = buffers.h_values;
+  g1.d_stride = 2 * inter;
+  g1.n = 2 * inter;
+  g1.k = hidden;
+  gemm::Sm90Fp8GemmOperands& g2 = gemms[1];
+  g2.a = buffers.h_codes;
+  g2.a_stride = inter;
+  g2.a_scales = reinterpret_cast<const float*>(scratch + layout.h_scales);
+  g2.b = static_cast<const uint8_t*>(args.w2.data);
+  g2.b_expert_stride = args.w2.strides[0];
+  g2.b_scales = block ? args.w2_scale.ptr<const float>() : ones;
+  g2.b_scales_expert_stride = block ? args.w2_scale.strides[0] : 0;
+  g2.d = args.permuted_out.data;
+  g2.d_stride = args.permuted_out.strides[0];
+  g2.n = hidden;
+  g2.k = inter;
+}
+
 }  // namespace
+
+size_t expert_scratch_bytes_fp8(int64_t max_rows, int64_t hidden, int64_t intermediate,
+                                int64_t num_local_experts, DType dtype, QuantScheme quant,
+                                int device_index) {
+  const size_t base = core::fp8_scratch(quant, max_rows, hidden, intermediate).total_bytes;
+  if (max_rows == 0 || num_local_experts == 0 ||
+      !hopper_shapes(dtype, quant, hidden, intermediate)) {
+    return base;
+  }
+  return hopper_scratch(base, max_rows, hidden, intermediate, num_local_experts,
+                        sm_count(device_index))
+      .total;
+}
 
 void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   const cudaStream_t stream = as_cuda_stream(stream_handle);
@@ -70,23 +232,33 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   const int64_t hidden = args.permuted_in.size(1);
   const int64_t local_experts = args.w13.size(0);
   const int64_t inter = args.w13.size(1) / 2;
+  if (num_rows == 0 || local_experts == 0) return;  // no row can belong to an expert
+  const DType dtype = args.permuted_in.dtype;
+  const int device_index = args.permuted_in.device.index;
+  char* scratch = static_cast<char*>(args.scratch);
+  const core::Fp8Scratch layout = core::fp8_scratch(quant, num_rows, hidden, inter);
+  const Fp8Buffers buffers = carve(scratch, layout);
+
+  const bool hopper_possible = hopper_shapes(dtype, quant, hidden, inter) && is_sm90(device_index);
+  const int sms = hopper_possible ? sm_count(device_index) : 0;
+  const HopperScratch hopper = hopper_possible ? hopper_scratch(layout.total_bytes, num_rows,
+                                                                hidden, inter, local_experts, sms)
+                                               : HopperScratch{};
+  gemm::Sm90Fp8GemmOperands gemms[2];
+  if (hopper_possible) hopper_operands(args, buffers, scratch, hopper, gemms);
+  const bool hopper_ok = hopper_possible && args.scratch_bytes >= hopper.total &&
+                         gemm::sm90_fp8_supports(gemms[0]) && gemm::sm90_fp8_supports(gemms[1]);
   const bool stream_ok =
       gemm::stream_fp8_supports(hidden, inter, args.w13.data, args.w2.data, local_experts);
-  const bool streamed = choose_fp8_stream(args.kernel, stream_ok, num_rows);
-  if (num_rows == 0 || local_experts == 0) return;
+  const Fp8Path path = choose_fp8_path(args.kernel, hopper_ok, stream_ok, num_rows);
   const gemm::ExpertRows rows{args.expert_offsets.ptr<const int32_t>(),
                               args.expert_counts.ptr<const int32_t>(), local_experts, num_rows};
-  const core::Fp8Scratch layout = core::fp8_scratch(quant, num_rows, hidden, inter);
-  char* scratch = static_cast<char*>(args.scratch);
-  auto* a_codes = reinterpret_cast<uint8_t*>(scratch + layout.a_codes);
-  auto* a_scales = reinterpret_cast<float*>(scratch + layout.a_scales);
-  auto* h_values = reinterpret_cast<float*>(scratch + layout.h_values);
-  auto* h_codes = reinterpret_cast<uint8_t*>(scratch + layout.h_codes);
-  auto* h_scales = reinterpret_cast<float*>(scratch + layout.h_scales);
-  auto* tensor_scales = reinterpret_cast<float*>(scratch + layout.tensor_scales);
-  const DType dtype = args.permuted_in.dtype;
+  if (path == Fp8Path::hopper) {
+    run_hopper(args, rows, buffers, scratch, hopper, gemms, device_index, sms, stream);
+    return;
+  }
   const auto run = [&](const gemm::Fp8GemmArgs& gemm_args) {
-    if (streamed) {
+    if (path == Fp8Path::weight_stream) {
       gemm::stream_fp8_gemm(rows, gemm_args, stream);
     } else {
       gemm::grouped_gemm_simt_fp8(rows, gemm_args, stream);
@@ -94,18 +266,19 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   };
 
   // 1. GEMM1's input.
-  const float* a_tensor_scale = quantize_input(rows, args.permuted_in.data, dtype, hidden, quant,
-                                               args.w13_input_scale.ptr<const float>(),
-                                               &tensor_scales[0], a_codes, a_scales, stream);
+  const float* a_tensor_scale =
+      quantize_input(rows, {args.permuted_in.data, dtype, args.permuted_in.strides[0], hidden},
+                     quant, args.w13_input_scale.ptr<const float>(), &buffers.tensor_scales[0],
+                     buffers.a_codes, {buffers.a_scales}, stream);
 
   // 2. GEMM1 + activation into fp32 h.
   gemm::Fp8GemmArgs gemm1;
-  gemm1.a = a_codes;
-  gemm1.a_scales = core::fp8_activation_scale_map(quant, a_scales, a_tensor_scale, hidden);
+  gemm1.a = buffers.a_codes;
+  gemm1.a_scales = core::fp8_activation_scale_map(quant, buffers.a_scales, a_tensor_scale, hidden);
   gemm1.w = static_cast<const uint8_t*>(args.w13.data);
   gemm1.w_scales = args.w13_scale.ptr<const float>();
   gemm1.quant = quant;
-  gemm1.out = h_values;
+  gemm1.out = buffers.h_values;
   gemm1.out_stride = inter;
   gemm1.out_dtype = DType::f32;
   gemm1.n = inter;
@@ -115,14 +288,15 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   run(gemm1);
 
   // 3. GEMM2's input, from fp32.
-  const float* h_tensor_scale = quantize_input(rows, h_values, DType::f32, inter, quant,
-                                               args.w2_input_scale.ptr<const float>(),
-                                               &tensor_scales[1], h_codes, h_scales, stream);
+  const float* h_tensor_scale =
+      quantize_input(rows, {buffers.h_values, DType::f32, inter, inter}, quant,
+                     args.w2_input_scale.ptr<const float>(), &buffers.tensor_scales[1],
+                     buffers.h_codes, {buffers.h_scales}, stream);
 
   // 4. GEMM2 into permuted_out.
   gemm::Fp8GemmArgs gemm2;
-  gemm2.a = h_codes;
-  gemm2.a_scales = core::fp8_activation_scale_map(quant, h_scales, h_tensor_scale, inter);
+  gemm2.a = buffers.h_codes;
+  gemm2.a_scales = core::fp8_activation_scale_map(quant, buffers.h_scales, h_tensor_scale, inter);
   gemm2.w = static_cast<const uint8_t*>(args.w2.data);
   gemm2.w_scales = args.w2_scale.ptr<const float>();
   gemm2.quant = quant;

@@ -11,6 +11,8 @@
 #include "cuda/fp8.cuh"
 #include "cuda/fp8_quantize.h"
 #include "cuda/gemm/expert_rows.cuh"
+#include "cuda/gemm/gated_activation.cuh"
+#include "cuda/gemm/grouped_gemm_sm90_fp8.h"
 #include "cuda/storage.cuh"
 
 namespace ironmoe::cuda {
@@ -26,11 +28,30 @@ __device__ float warp_max(float v) {
   return v;
 }
 
-// Largest magnitude of row[0, k) over the warp, NaN skipped (fmaxf drops NaN).
+// The values of row r, column c of a source (Fp8RowSource): stored values, or act(gate) * up.
 template <class T>
-__device__ float row_amax_skipping_nan(const T* row, int64_t k, int lane) {
+struct PlainRows {
+  const T* data;
+  int64_t stride;
+  __device__ float operator()(int64_t r, int64_t c) const { return to_float(data[r * stride + c]); }
+};
+
+struct GatedRows {
+  const __nv_bfloat16* data;
+  int64_t stride;
+  int64_t k;
+  Activation activation;
+  __device__ float operator()(int64_t r, int64_t c) const {
+    const __nv_bfloat16* row = data + r * stride;
+    return gemm::gated_activation(to_float(row[c]), to_float(row[k + c]), activation);
+  }
+};
+
+// Largest magnitude of row r's columns [0, k) over the warp, NaN skipped (fmaxf drops NaN).
+template <class Rows>
+__device__ float row_amax_skipping_nan(const Rows& values, int64_t r, int64_t k, int lane) {
   float amax = 0.0f;
-  for (int64_t c = lane; c < k; c += 32) amax = fmaxf(amax, fabsf(to_float(row[c])));
+  for (int64_t c = lane; c < k; c += 32) amax = fmaxf(amax, fabsf(values(r, c)));
   return warp_max(amax);
 }
 
@@ -39,7 +60,7 @@ __device__ void add_amax(unsigned* word, float amax) {
 }
 
 // Grid (local expert, row split): warp w of split s takes the expert's rows s * kWarps + w,
-// stepping by splits * kWarps.
+// stepping by splits * kWarps; body(expert, range, row).
 template <class Body>
 __device__ void for_expert_rows(const gemm::ExpertRows& rows, Body body) {
   const int64_t expert = blockIdx.x;
@@ -47,17 +68,16 @@ __device__ void for_expert_rows(const gemm::ExpertRows& rows, Body body) {
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int64_t step = static_cast<int64_t>(gridDim.y) * kWarps;
   for (int64_t r = static_cast<int64_t>(blockIdx.y) * kWarps + warp; r < range.count; r += step)
-    body(range.begin + r);
+    body(expert, range, range.begin + r);
 }
 
-template <class T>
+template <class Rows>
 __global__ void __launch_bounds__(kThreads)
-    amax_of_expert_rows(gemm::ExpertRows rows, const T* src, int64_t stride, int64_t k,
-                        unsigned* word) {
+    amax_of_expert_rows(gemm::ExpertRows rows, Rows values, int64_t k, unsigned* word) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   float amax = 0.0f;
-  for_expert_rows(rows, [&](int64_t r) {
-    amax = fmaxf(amax, row_amax_skipping_nan(src + r * stride, k, lane));
+  for_expert_rows(rows, [&](int64_t, gemm::RowRange, int64_t r) {
+    amax = fmaxf(amax, row_amax_skipping_nan(values, r, k, lane));
   });
   if (lane == 0) add_amax(word, amax);
 }
@@ -66,11 +86,11 @@ __global__ void amax_to_scale(unsigned* word) {
   *reinterpret_cast<float*>(word) = fp8_dynamic_scale(__uint_as_float(*word));
 }
 
-// Encodes row[first, first + count) with the group's scale: the given one (fp8_tensor) or the
-// group's own, NaN when the group holds a NaN; returns the scale.
-template <class T>
-__device__ float quantize_group(const T* row, uint8_t* codes, int64_t first, int64_t count,
-                                const float* tensor_scale, int lane) {
+// Encodes row r's columns [first, first + count) with the group's scale: the given one
+// (fp8_tensor) or the group's own, NaN when the group holds a NaN; returns the scale.
+template <class Rows>
+__device__ float quantize_group(const Rows& values, int64_t r, uint8_t* codes, int64_t first,
+                                int64_t count, const float* tensor_scale, int lane) {
   float scale = 0.0f;
   if (tensor_scale != nullptr) {
     scale = *tensor_scale;
@@ -78,7 +98,7 @@ __device__ float quantize_group(const T* row, uint8_t* codes, int64_t first, int
     float amax = 0.0f;
     bool nan = false;
     for (int64_t c = first + lane; c < first + count; c += 32) {
-      const float v = to_float(row[c]);
+      const float v = values(r, c);
       nan = nan || isnan(v);
       amax = fmaxf(amax, fabsf(v));
     }
@@ -86,28 +106,46 @@ __device__ float quantize_group(const T* row, uint8_t* codes, int64_t first, int
     scale = fp8_dynamic_scale(__any_sync(kFullMask, nan) ? __int_as_float(0x7fc00000) : amax);
   }
   for (int64_t c = first + lane; c < first + count; c += 32) {
-    codes[c] = fp8_quantize(to_float(row[c]), scale);
+    codes[c] = fp8_quantize(values(r, c), scale);
   }
   return scale;
 }
 
-template <class T>
+// Writes one group's scale where Fp8ScaleTarget says; the warp's lanes share the grouped copies.
+struct ScaleSink {
+  float* row_scales;
+  int64_t per_row;
+  float* grouped;
+  const float* grouped_factor;
+  int64_t k_blocks;
+
+  __device__ void put(int64_t expert, gemm::RowRange range, int64_t r, int64_t group, int64_t first,
+                      int64_t count, float scale, int lane) const {
+    if (row_scales != nullptr && per_row > 0 && lane == 0) row_scales[r * per_row + group] = scale;
+    if (grouped == nullptr) return;
+    const float value = grouped_factor != nullptr ? scale * grouped_factor[expert] : scale;
+    const int64_t last = (first + count - 1) / gemm::kSm90Fp8ScaleBlock;
+    for (int64_t kb = first / gemm::kSm90Fp8ScaleBlock + lane; kb <= last; kb += 32) {
+      grouped[gemm::sm90_fp8_activation_scale_index(range.begin, range.count, r, kb, k_blocks)] =
+          value;
+    }
+  }
+};
+
+template <class Rows>
 __global__ void __launch_bounds__(kThreads)
-    quantize_expert_rows(gemm::ExpertRows rows, const T* src, int64_t stride, int64_t k,
-                         QuantScheme quant, const float* tensor_scale, uint8_t* codes,
-                         float* row_scales) {
+    quantize_expert_rows(gemm::ExpertRows rows, Rows values, int64_t k, QuantScheme quant,
+                         const float* tensor_scale, uint8_t* codes, ScaleSink sink) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const int64_t per_row = core::fp8_activation_scales_per_row(quant, k);
   const int64_t group = quant == QuantScheme::fp8_block ? core::kFp8Block : k;
-  for_expert_rows(rows, [&](int64_t r) {
-    const T* row = src + r * stride;
+  for_expert_rows(rows, [&](int64_t expert, gemm::RowRange range, int64_t r) {
     uint8_t* row_codes = codes + r * k;
     for (int64_t first = 0, g = 0; first < k; first += group, ++g) {
       const int64_t count = min(group, k - first);
       const float scale =
-          quantize_group(row, row_codes, first, count,
+          quantize_group(values, r, row_codes, first, count,
                          quant == QuantScheme::fp8_tensor ? tensor_scale : nullptr, lane);
-      if (per_row > 0 && lane == 0) row_scales[r * per_row + g] = scale;
+      sink.put(expert, range, r, g, first, count, scale, lane);
     }
   });
 }
@@ -122,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
   float amax = 0.0f;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); t < valid;
        t += warps) {
-    amax = fmaxf(amax, row_amax_skipping_nan(x + t * stride, hidden, lane));
+    amax = fmaxf(amax, row_amax_skipping_nan(PlainRows<T>{x, stride}, t, hidden, lane));
   }
   if (lane == 0) add_amax(word, amax);
 }
@@ -134,17 +172,31 @@ dim3 expert_rows_grid(const gemm::ExpertRows& rows) {
   return dim3(static_cast<unsigned>(rows.num_experts), static_cast<unsigned>(splits));
 }
 
+// Calls body(rows) with the device reader of the source.
+template <class Body>
+void dispatch_source(const Fp8RowSource& source, Body&& body) {
+  if (source.gated) {
+    IRONMOE_CHECK(source.dtype == DType::bf16, "experts", "internal: gated FP8 sources are bf16");
+    body(GatedRows{static_cast<const __nv_bfloat16*>(source.data), source.stride, source.k,
+                   source.activation});
+    return;
+  }
+  dispatch_float_dtype("experts", source.dtype, [&](auto element) {
+    using T = decltype(element);
+    body(PlainRows<T>{static_cast<const T*>(source.data), source.stride});
+  });
+}
+
 }  // namespace
 
-void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const void* src, DType dtype,
-                              int64_t stride, int64_t k, float* scale, cudaStream_t stream) {
+void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source,
+                              float* scale, cudaStream_t stream) {
   auto* word = reinterpret_cast<unsigned*>(scale);
   IRONMOE_CUDA_CHECK(cudaMemsetAsync(word, 0, sizeof(unsigned), stream));
   if (rows.num_experts > 0 && rows.num_rows > 0) {
-    dispatch_float_dtype("experts", dtype, [&](auto element) {
-      using T = decltype(element);
-      amax_of_expert_rows<T><<<expert_rows_grid(rows), kThreads, 0, stream>>>(
-          rows, static_cast<const T*>(src), stride, k, word);
+    dispatch_source(source, [&](auto values) {
+      amax_of_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(rows, values, source.k,
+                                                                           word);
     });
     IRONMOE_CUDA_CHECK_LAUNCH(stream);
   }
@@ -152,14 +204,15 @@ void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const void* src, DTy
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 
-void fp8_quantize_rows(const gemm::ExpertRows& rows, const void* src, DType dtype, int64_t stride,
-                       int64_t k, QuantScheme quant, const float* tensor_scale, uint8_t* codes,
-                       float* row_scales, cudaStream_t stream) {
+void fp8_quantize_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source, QuantScheme quant,
+                       const float* tensor_scale, uint8_t* codes, const Fp8ScaleTarget& scales,
+                       cudaStream_t stream) {
   if (rows.num_experts == 0 || rows.num_rows == 0) return;
-  dispatch_float_dtype("experts", dtype, [&](auto element) {
-    using T = decltype(element);
-    quantize_expert_rows<T><<<expert_rows_grid(rows), kThreads, 0, stream>>>(
-        rows, static_cast<const T*>(src), stride, k, quant, tensor_scale, codes, row_scales);
+  const ScaleSink sink{scales.row_scales, core::fp8_activation_scales_per_row(quant, source.k),
+                       scales.grouped, scales.grouped_factor, core::fp8_blocks(source.k)};
+  dispatch_source(source, [&](auto values) {
+    quantize_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(
+        rows, values, source.k, quant, tensor_scale, codes, sink);
   });
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }

@@ -10,16 +10,38 @@
 
 namespace ironmoe::cuda {
 
-// *scale = fp8 dynamic scale of the largest magnitude (NaN ignored) over the experts' rows of
-// src ([R, k] in `dtype`, row stride `stride`); *scale holds the amax's bits in between.
-void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const void* src, DType dtype,
-                              int64_t stride, int64_t k, float* scale, cudaStream_t stream);
+// The values quantised: row r of src ([R, k] in `dtype`, row stride `stride`) or, when `gated`,
+// act(gate) * up of row r of a bf16 gate_up buffer ([R, 2k], gate first; the Hopper GEMM's
+// output), computed in fp32 as the CPU backend does from its own gate and up.
+struct Fp8RowSource {
+  const void* data = nullptr;
+  DType dtype = DType::bf16;
+  int64_t stride = 0;
+  int64_t k = 0;
+  bool gated = false;
+  Activation activation = Activation::silu_and_mul;
+};
 
-// codes[r] and row_scales[r] for the experts' rows r of src, per `quant` (fp8_tensor reads
-// *tensor_scale on the device; codes [R, k] and row_scales [R, per row] contiguous).
-void fp8_quantize_rows(const gemm::ExpertRows& rows, const void* src, DType dtype, int64_t stride,
-                       int64_t k, QuantScheme quant, const float* tensor_scale, uint8_t* codes,
-                       float* row_scales, cudaStream_t stream);
+// Where the scales go: `row_scales` [R, core::fp8_activation_scales_per_row] (the streaming and
+// CUDA-core GEMMs) and/or `grouped` in the Hopper FP8 GEMM's layout (gemm/grouped_gemm_sm90_fp8.h:
+// every scheme written as one scale per row and 128-column block, fp8_tensor's times
+// grouped_factor[expert] when that is given, the expert's weight scale).
+struct Fp8ScaleTarget {
+  float* row_scales = nullptr;
+  float* grouped = nullptr;
+  const float* grouped_factor = nullptr;
+};
+
+// *scale = fp8 dynamic scale of the largest magnitude (NaN ignored) over the experts' rows of the
+// source; *scale holds the amax's bits in between.
+void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source,
+                              float* scale, cudaStream_t stream);
+
+// codes[r] ([R, k] contiguous) and the scales of the experts' rows r, per `quant` (fp8_tensor
+// reads *tensor_scale on the device).
+void fp8_quantize_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source, QuantScheme quant,
+                       const float* tensor_scale, uint8_t* codes, const Fp8ScaleTarget& scales,
+                       cudaStream_t stream);
 
 // The layer's per-tensor GEMM1 input scale over x's valid rows (include/ironmoe/quantize.h).
 void fp8_tensor_scale_of_tokens(const void* x, DType dtype, int64_t stride, int64_t tokens,

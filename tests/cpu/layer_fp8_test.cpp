@@ -470,11 +470,17 @@ TEST(LayerFp8Validation, BadScalesAreClearErrors) {
       },
       {"weights.w13_scale", "quant is none"}, "scales without fp8");
 
-  // The one kernel family without an FP8 form is refused with the config, not at forward().
+  // The grouped GEMM has no fp8_channel form: refused with the config, not at forward(); the
+  // other schemes have one.
   MoeConfig grouped = c;
   grouped.expert_kernel = ExpertKernel::grouped_gemm;
-  expect_error_naming([&] { grouped.validate(); }, {"expert_kernel", "grouped_gemm", "FP8"},
-                      "fp8 with the grouped GEMM");
+  grouped.quant = QuantScheme::fp8_channel;
+  expect_error_naming([&] { grouped.validate(); }, {"expert_kernel", "grouped_gemm", "fp8_channel"},
+                      "fp8_channel with the grouped GEMM");
+  for (QuantScheme quant : {QuantScheme::fp8_tensor, QuantScheme::fp8_block}) {
+    grouped.quant = quant;
+    EXPECT_NO_THROW(grouped.validate()) << quant_scheme_name(quant);
+  }
 }
 
 }  // namespace

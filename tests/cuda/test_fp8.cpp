@@ -2,8 +2,9 @@
 // tested against the float64 FP8 reference in tests/cpu/layer_fp8_test.cpp): every scheme, static
 // and dynamic per-tensor scales, bf16 and f32 activations, H and I that are not multiples of 128,
 // hostile ids (-1, out of range, duplicated), a device-side num_valid_tokens, NaN rows, batch
-// sizes 8191, 8192 and 8193, CUDA graph replays, and both FP8 kernel families (weight_stream,
-// cuda_cores) forced as well as chosen; outputs and workspace poisoned.
+// sizes 8191, 8192 and 8193, CUDA graph replays, and the three FP8 kernel families (grouped_gemm,
+// weight_stream, cuda_cores) forced as well as chosen; outputs and workspace poisoned. Magnitudes
+// differ per token, expert and 128-block, so a scale taken from the wrong place shows.
 //
 // Tolerance: the activation codes of GEMM1 are the same bits on both backends (same division,
 // same rounding); the fp32 sums of the GEMMs run in another order, so now and then an h value
@@ -57,8 +58,22 @@ Fp8Case make_case(const MoeConfig& config, int64_t tokens, std::mt19937_64& rng,
   c.config = config;
   c.tokens = tokens;
   std::normal_distribution<float> normal;
+  // Magnitudes differ per token row and per 128-column block, so a scale read from the wrong
+  // row or block shows. fp8_tensor quantises every row with one scale, so its rows vary less:
+  // a row 2^6 below the largest would sit in E4M3's subnormals, where one code step is a large
+  // part of the row.
+  std::uniform_real_distribution<float> octave(-3.0f, 3.0f);
+  const float row_octaves = config.quant == QuantScheme::fp8_tensor ? 1.0f : 3.0f;
+  std::uniform_real_distribution<float> row_octave(-row_octaves, row_octaves);
   std::vector<float> x(static_cast<size_t>(tokens * config.hidden));
-  for (float& v : x) v = normal(rng);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float row_scale = std::exp2(row_octave(rng));
+    float block_scale = 1.0f;
+    for (int64_t col = 0; col < config.hidden; ++col) {
+      if (col % 128 == 0) block_scale = std::exp2(octave(rng) / 2.0f);
+      x[static_cast<size_t>(t * config.hidden + col)] = normal(rng) * row_scale * block_scale;
+    }
+  }
   c.x = encode(config.dtype, x);
   const int64_t k = config.top_k;
   std::uniform_int_distribution<int32_t> expert(0, static_cast<int32_t>(config.num_experts - 1));
@@ -75,8 +90,26 @@ Fp8Case make_case(const MoeConfig& config, int64_t tokens, std::mt19937_64& rng,
   const int64_t i = config.intermediate;
   std::vector<float> w13(static_cast<size_t>(local * 2 * i * h));
   std::vector<float> w2(static_cast<size_t>(local * h * i));
-  for (float& v : w13) v = normal(rng) / std::sqrt(static_cast<float>(h));
-  for (float& v : w2) v = normal(rng) / std::sqrt(static_cast<float>(i));
+  // Weight magnitudes differ per expert and per 128 x 128 block.
+  const auto fill_weights = [&](std::vector<float>& w, int64_t rows, int64_t cols) {
+    const float base = 1.0f / std::sqrt(static_cast<float>(cols));
+    for (int64_t e = 0; e < local; ++e) {
+      const float expert_scale = std::exp2(octave(rng));
+      std::vector<float> block_scales(
+          static_cast<size_t>(((rows + 127) / 128) * ((cols + 127) / 128)));
+      for (float& b : block_scales) b = std::exp2(octave(rng) / 2.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t col = 0; col < cols; ++col) {
+          const float block =
+              block_scales[static_cast<size_t>(r / 128 * ((cols + 127) / 128) + col / 128)];
+          w[static_cast<size_t>((e * rows + r) * cols + col)] =
+              normal(rng) * base * expert_scale * block;
+        }
+      }
+    }
+  };
+  fill_weights(w13, 2 * i, h);
+  fill_weights(w2, h, i);
   c.w = reference::quantize_weights(reference_scheme(config.quant), local, h, i, w13.data(),
                                     w2.data());
   if (static_scales) c.static_scales = {4.0f / 448.0f, 0.5f / 448.0f};
@@ -286,6 +319,9 @@ INSTANTIATE_TEST_SUITE_P(
         Scheme{QuantScheme::fp8_channel, DType::bf16, false, ExpertKernel::weight_stream},
         Scheme{QuantScheme::fp8_block, DType::bf16, false, ExpertKernel::weight_stream},
         Scheme{QuantScheme::fp8_block, DType::f32, false, ExpertKernel::weight_stream},
+        Scheme{QuantScheme::fp8_tensor, DType::bf16, false, ExpertKernel::grouped_gemm},
+        Scheme{QuantScheme::fp8_tensor, DType::bf16, true, ExpertKernel::grouped_gemm},
+        Scheme{QuantScheme::fp8_block, DType::bf16, false, ExpertKernel::grouped_gemm},
         Scheme{QuantScheme::fp8_tensor, DType::bf16, false, ExpertKernel::cuda_cores},
         Scheme{QuantScheme::fp8_channel, DType::bf16, false, ExpertKernel::cuda_cores},
         Scheme{QuantScheme::fp8_block, DType::bf16, false, ExpertKernel::cuda_cores}),
@@ -363,6 +399,24 @@ TEST_F(Fp8Sizes, AroundEightThousandTokens) {
       SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
       const Fp8Case c =
           make_case(fp8_config(quant, DType::bf16, 8193, 136, 72), tokens, rng, false);
+      GpuLayer gpu(c, stream());
+      gpu.run();
+      expect_gpu_matches_cpu(c, decode(DType::bf16, gpu.output()));
+    }
+  }
+}
+
+// The same sizes on the Hopper FP8 GEMM (H and I multiples of 16, which it needs).
+TEST_F(Fp8Sizes, AroundEightThousandTokensOnTheGroupedGemm) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  for (QuantScheme quant : {QuantScheme::fp8_tensor, QuantScheme::fp8_block}) {
+    for (int64_t tokens : {8191, 8192, 8193}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
+      MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 80);
+      config.expert_kernel = ExpertKernel::grouped_gemm;
+      const Fp8Case c = make_case(config, tokens, rng, false);
       GpuLayer gpu(c, stream());
       gpu.run();
       expect_gpu_matches_cpu(c, decode(DType::bf16, gpu.output()));

@@ -1,0 +1,72 @@
+#pragma once
+// Hopper FP8 grouped GEMM over local experts (sm_90a, E4M3 tensor cores with fp32 accumulation
+// promoted per 128-deep K block, so scales may change along K):
+//   for each local expert e and its rows r:  d[r][n] = sum_k a[r][k] sa(r, k) * b_e[n][k] sb_e(n,
+//   k)
+// a [R, K] E4M3 codes row-major, b_e = b + e * b_expert_stride [N, K] codes (K-major), d [R, N]
+// bf16. The scales live in the kernel's layouts:
+//   sa: one fp32 per (row, 128-column K block), grouped by expert and K-block major inside each
+//       expert: row r of expert e (rows [begin, begin + count)) at
+//       a_scales[begin * KB + kb * count + (r - begin)], KB = ceil(K / 128)
+//       (sm90_fp8_activation_scale_index; the quantising kernels write it);
+//   sb: one fp32 per (128-row N block, 128-column K block) of each expert, [E, NB, KB] row-major:
+//       vLLM's block-scale layout as is; b_scales_expert_stride 0 shares one [NB, KB] block.
+// Schemes with coarser scales expand to these (experts_fp8.cu). Like the bf16 GEMM
+// (grouped_gemm_sm90.h), the problem list is written on the device, nothing syncs with the host,
+// and rows outside every expert's range are never read or written.
+//
+// Requirements (sm90_fp8_supports): K a multiple of 16, N a multiple of 8, 16-byte aligned
+// code and output pointers and strides.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/host_device.h"
+#include "cuda/gemm/expert_rows.h"
+
+namespace ironmoe::cuda::gemm {
+
+inline constexpr int64_t kSm90Fp8ScaleBlock = 128;
+
+// Where the activation scale of (row `r` of an expert whose rows start at `begin` and number
+// `count`, K block `kb`) lies, for K blocks `kb_count`.
+IRONMOE_HD int64_t sm90_fp8_activation_scale_index(int64_t begin, int64_t count, int64_t r,
+                                                   int64_t kb, int64_t kb_count) {
+  return begin * kb_count + kb * count + (r - begin);
+}
+
+struct Sm90Fp8GemmOperands {
+  const uint8_t* a = nullptr;  // [R, K] codes, row stride a_stride
+  int64_t a_stride = 0;
+  const float* a_scales = nullptr;  // R * KB floats, grouped (above)
+  const uint8_t* b = nullptr;       // [E_local, N, K] codes
+  int64_t b_expert_stride = 0;
+  const float* b_scales = nullptr;  // [E_local, NB, KB], or one [NB, KB] (stride 0)
+  int64_t b_scales_expert_stride = 0;
+  void* d = nullptr;  // [R, N] bf16, row stride d_stride
+  int64_t d_stride = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+};
+
+bool sm90_fp8_supports(const Sm90Fp8GemmOperands& operands);
+
+// Device bytes of one GEMM's problem list for `num_experts` groups.
+size_t sm90_fp8_problem_list_bytes(int64_t num_experts);
+// Device bytes of the GEMM kernel's own workspace (a TMA descriptor set per SM).
+size_t sm90_fp8_workspace_bytes(int sm_count);
+
+// Writes the problem lists of the two GEMMs of the expert stage in one launch (lists[i] of
+// sm90_fp8_problem_list_bytes each, 16-byte aligned), zeroes the GEMM workspace, and sets
+// ones[0, ones_count) to 1.0f (the shared weight scales of the per-tensor scheme; null: none).
+void sm90_fp8_write_problem_lists(const ExpertRows& rows, const Sm90Fp8GemmOperands* gemms,
+                                  void* const* lists, void* workspace, size_t workspace_bytes,
+                                  float* ones, int64_t ones_count, cudaStream_t stream);
+
+// Runs one grouped GEMM from a problem list written above; GEMMs on one stream may share the
+// workspace (sm90_fp8_workspace_bytes(sm_count), 64-byte aligned).
+void sm90_fp8_grouped_gemm(int64_t num_experts, const void* list, void* workspace, int device_index,
+                           int sm_count, cudaStream_t stream);
+
+}  // namespace ironmoe::cuda::gemm
