@@ -3,8 +3,10 @@
 // static scale is given), GEMM1 and the activation, quantise h, GEMM2 into permuted_out. Three
 // GEMM families on E4M3 codes and scales:
 //   hopper         (gemm/grouped_gemm_sm90_fp8.h) E4M3 tensor cores, bf16 activations with H and I
-//                  multiples of 16, fp8_tensor and fp8_block: GEMM1 into a bf16 gate_up buffer,
-//                  whose act(gate) * up is quantised straight into GEMM2's codes (one kernel);
+//                  multiples of 16, fp8_tensor and fp8_block: GEMM1 into an fp32 gate_up buffer,
+//                  whose act(gate) * up is quantised straight into GEMM2's codes (one kernel;
+//                  bf16 gate and up moved h across E4M3 rounding boundaries often enough to put
+//                  10-15% of the rows 2-9% away from the CPU backend, measured on an H100);
 //                  the scales go in the GEMM's own layout, fp8_tensor's weight scale folded
 //                  into the activation scale of each expert's rows;
 //   weight_stream  (gemm/weight_stream_fp8.h) up to kFp8StreamMaxRows rows: each weight byte
@@ -35,7 +37,7 @@ namespace {
 constexpr int64_t kFp8StreamMaxRows = 2048;
 // From this many permuted rows on the Hopper GEMM runs where it can (docs/performance.md,
 // "FP8 tensor cores").
-constexpr int64_t kFp8HopperMinRows = 256;
+constexpr int64_t kFp8HopperMinRows = 128;
 
 enum class Fp8Path { hopper, weight_stream, cuda_cores };
 
@@ -68,11 +70,11 @@ bool hopper_shapes(DType dtype, QuantScheme quant, int64_t hidden, int64_t inter
          hidden % 16 == 0 && intermediate % 16 == 0;
 }
 
-// The Hopper path's scratch after core::fp8_scratch (whose h_values region holds gate_up [R, 2I]
-// bf16, the same bytes): both GEMM inputs' scales in the GEMM's layout, the shared unit weight
-// scales of fp8_tensor, two problem lists and the GEMM workspace, each 256-byte aligned.
+// The Hopper path's scratch after core::fp8_scratch: gate_up [R, 2I] f32, both GEMM inputs'
+// scales in the GEMM's layout, the shared unit weight scales of fp8_tensor, two problem lists and
+// the GEMM workspace, each 256-byte aligned.
 struct HopperScratch {
-  size_t a_scales = 0, h_scales = 0, ones = 0, gemm1_list = 0, gemm2_list = 0, workspace = 0;
+  size_t gate_up = 0, a_scales = 0, h_scales = 0, ones = 0, gemm1_list = 0, gemm2_list = 0, workspace = 0;
   size_t workspace_bytes = 0;
   int64_t ones_count = 0;
   size_t total = 0;
@@ -90,6 +92,7 @@ HopperScratch hopper_scratch(size_t start, int64_t rows, int64_t hidden, int64_t
   const int64_t h_blocks = core::fp8_blocks(hidden);
   const int64_t i_blocks = core::fp8_blocks(intermediate);
   HopperScratch s;
+  s.gate_up = take(static_cast<size_t>(rows * 2 * intermediate) * sizeof(float));
   s.a_scales = take(static_cast<size_t>(rows * h_blocks) * sizeof(float));
   s.h_scales = take(static_cast<size_t>(rows * i_blocks) * sizeof(float));
   s.ones_count = std::max(core::fp8_blocks(2 * intermediate) * h_blocks, h_blocks * i_blocks);
@@ -124,7 +127,7 @@ const float* quantize_input(const gemm::ExpertRows& rows, const Fp8RowSource& so
 struct Fp8Buffers {
   uint8_t* a_codes;
   float* a_scales;
-  float* h_values;  // the Hopper path: gate_up [R, 2I] bf16
+  float* h_values;
   uint8_t* h_codes;
   float* h_scales;
   float* tensor_scales;
@@ -161,11 +164,11 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
   gemm::sm90_fp8_write_problem_lists(
       rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
       reinterpret_cast<float*>(scratch + layout.ones), tensor ? layout.ones_count : 0, stream);
-  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], scratch + layout.workspace, device_index,
-                              sms, stream);
+  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], DType::f32, scratch + layout.workspace,
+                              device_index, sms, stream);
 
   // 3. act(gate) * up, quantised straight from gate_up into GEMM2's codes.
-  Fp8RowSource h{buffers.h_values, DType::bf16, 2 * inter, inter};
+  Fp8RowSource h{scratch + layout.gate_up, DType::f32, 2 * inter, inter};
   h.gated = true;
   h.activation = args.activation;
   quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &buffers.tensor_scales[1],
@@ -173,8 +176,8 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
                  {nullptr, h_scales, tensor ? args.w2_scale.ptr<const float>() : nullptr}, stream);
 
   // 4. GEMM2 into permuted_out.
-  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[1], scratch + layout.workspace, device_index,
-                              sms, stream);
+  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[1], DType::bf16, scratch + layout.workspace,
+                              device_index, sms, stream);
 }
 
 // The Hopper path's two GEMMs over the stage's buffers.
@@ -192,7 +195,8 @@ void hopper_operands(const ExpertArgs& args, const Fp8Buffers& buffers, char* sc
   g1.b_expert_stride = args.w13.strides[0];
   g1.b_scales = block ? args.w13_scale.ptr<const float>() : ones;
   g1.b_scales_expert_stride = block ? args.w13_scale.strides[0] : 0;
-  g1.d = buffers.h_values;
+  g1.d = scratch + layout.gate_up;
+  g1.d_dtype = DType::f32;
   g1.d_stride = 2 * inter;
   g1.n = 2 * inter;
   g1.k = hidden;
@@ -205,6 +209,7 @@ void hopper_operands(const ExpertArgs& args, const Fp8Buffers& buffers, char* sc
   g2.b_scales = block ? args.w2_scale.ptr<const float>() : ones;
   g2.b_scales_expert_stride = block ? args.w2_scale.strides[0] : 0;
   g2.d = args.permuted_out.data;
+  g2.d_dtype = DType::bf16;
   g2.d_stride = args.permuted_out.strides[0];
   g2.n = hidden;
   g2.k = inter;

@@ -36,13 +36,14 @@ struct PlainRows {
   __device__ float operator()(int64_t r, int64_t c) const { return to_float(data[r * stride + c]); }
 };
 
+template <class T>
 struct GatedRows {
-  const __nv_bfloat16* data;
+  const T* data;
   int64_t stride;
   int64_t k;
   Activation activation;
   __device__ float operator()(int64_t r, int64_t c) const {
-    const __nv_bfloat16* row = data + r * stride;
+    const T* row = data + r * stride;
     return gemm::gated_activation(to_float(row[c]), to_float(row[k + c]), activation);
   }
 };
@@ -175,15 +176,14 @@ dim3 expert_rows_grid(const gemm::ExpertRows& rows) {
 // Calls body(rows) with the device reader of the source.
 template <class Body>
 void dispatch_source(const Fp8RowSource& source, Body&& body) {
-  if (source.gated) {
-    IRONMOE_CHECK(source.dtype == DType::bf16, "experts", "internal: gated FP8 sources are bf16");
-    body(GatedRows{static_cast<const __nv_bfloat16*>(source.data), source.stride, source.k,
-                   source.activation});
-    return;
-  }
   dispatch_float_dtype("experts", source.dtype, [&](auto element) {
     using T = decltype(element);
-    body(PlainRows<T>{static_cast<const T*>(source.data), source.stride});
+    if (source.gated) {
+      body(GatedRows<T>{static_cast<const T*>(source.data), source.stride, source.k,
+                        source.activation});
+    } else {
+      body(PlainRows<T>{static_cast<const T*>(source.data), source.stride});
+    }
   });
 }
 

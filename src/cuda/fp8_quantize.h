@@ -11,8 +11,8 @@
 namespace ironmoe::cuda {
 
 // The values quantised: row r of src ([R, k] in `dtype`, row stride `stride`) or, when `gated`,
-// act(gate) * up of row r of a bf16 gate_up buffer ([R, 2k], gate first; the Hopper GEMM's
-// output), computed in fp32 as the CPU backend does from its own gate and up.
+// act(gate) * up of row r of a gate_up buffer ([R, 2k] in `dtype`, gate first; the Hopper GEMM's
+// fp32 output), computed in fp32 as the CPU backend does.
 struct Fp8RowSource {
   const void* data = nullptr;
   DType dtype = DType::bf16;

@@ -4,7 +4,7 @@
 //   for each local expert e and its rows r:  d[r][n] = sum_k a[r][k] sa(r, k) * b_e[n][k] sb_e(n,
 //   k)
 // a [R, K] E4M3 codes row-major, b_e = b + e * b_expert_stride [N, K] codes (K-major), d [R, N]
-// bf16. The scales live in the kernel's layouts:
+// bf16 or f32. The scales live in the kernel's layouts:
 //   sa: one fp32 per (row, 128-column K block), grouped by expert and K-block major inside each
 //       expert: row r of expert e (rows [begin, begin + count)) at
 //       a_scales[begin * KB + kb * count + (r - begin)], KB = ceil(K / 128)
@@ -15,8 +15,8 @@
 // (grouped_gemm_sm90.h), the problem list is written on the device, nothing syncs with the host,
 // and rows outside every expert's range are never read or written.
 //
-// Requirements (sm90_fp8_supports): K a multiple of 16, N a multiple of 8, 16-byte aligned
-// code and output pointers and strides.
+// Requirements (sm90_fp8_supports): K a multiple of 16, 16-byte aligned code and output pointers
+// and row strides.
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -24,6 +24,7 @@
 
 #include "core/host_device.h"
 #include "cuda/gemm/expert_rows.h"
+#include "ironmoe/types.h"
 
 namespace ironmoe::cuda::gemm {
 
@@ -44,7 +45,8 @@ struct Sm90Fp8GemmOperands {
   int64_t b_expert_stride = 0;
   const float* b_scales = nullptr;  // [E_local, NB, KB], or one [NB, KB] (stride 0)
   int64_t b_scales_expert_stride = 0;
-  void* d = nullptr;  // [R, N] bf16, row stride d_stride
+  void* d = nullptr;  // [R, N] in d_dtype (bf16 or f32), row stride d_stride elements
+  DType d_dtype = DType::bf16;
   int64_t d_stride = 0;
   int64_t n = 0;
   int64_t k = 0;
@@ -65,8 +67,9 @@ void sm90_fp8_write_problem_lists(const ExpertRows& rows, const Sm90Fp8GemmOpera
                                   float* ones, int64_t ones_count, cudaStream_t stream);
 
 // Runs one grouped GEMM from a problem list written above; GEMMs on one stream may share the
-// workspace (sm90_fp8_workspace_bytes(sm_count), 64-byte aligned).
-void sm90_fp8_grouped_gemm(int64_t num_experts, const void* list, void* workspace, int device_index,
-                           int sm_count, cudaStream_t stream);
+// workspace (sm90_fp8_workspace_bytes(sm_count), 64-byte aligned). out_dtype: the d_dtype the
+// list was written with.
+void sm90_fp8_grouped_gemm(int64_t num_experts, const void* list, DType out_dtype, void* workspace,
+                           int device_index, int sm_count, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm
