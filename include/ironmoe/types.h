@@ -40,9 +40,12 @@ enum class Activation : uint8_t { silu_and_mul, gelu_and_mul };
 enum class Layout : uint8_t { contiguous, batched };
 
 // The kernel family of the expert stage on CUDA (the CPU backend has one and ignores this).
-//  automatic      the dispatch table in src/cuda/experts.cu (docs/performance.md says why)
-//  grouped_gemm   Hopper tensor-core grouped GEMM (bf16, sm_90, 16-byte aligned operands)
-//  weight_stream  CUDA-core kernels that read each expert's weights once per 8 rows: decode
+//  automatic      the dispatch tables in src/cuda/experts.cu and experts_fp8.cu
+//                 (docs/performance.md says why)
+//  grouped_gemm   Hopper tensor-core grouped GEMM (bf16 activations, sm_90, 16-byte aligned
+//                 operands; with FP8 weights, every scheme on E4M3 tensor cores)
+//  weight_stream  CUDA-core kernels that read each expert's weights once per 8 rows (FP8: per 2
+//                 rows): decode
 //  cuda_cores     the general CUDA-core fallback (any dtype, shape and alignment)
 // A forced kernel that cannot take the operands is an error, never a silent fallback.
 enum class ExpertKernel : uint8_t { automatic, grouped_gemm, weight_stream, cuda_cores };

@@ -101,10 +101,6 @@ void MoeConfig::validate() const {
                     quant == QuantScheme::fp8_channel || quant == QuantScheme::fp8_block,
                 where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
                 static_cast<int>(quant));
-  IRONMOE_CHECK(quant != QuantScheme::fp8_channel || expert_kernel != ExpertKernel::grouped_gemm,
-                where, "expert_kernel: grouped_gemm has no fp8_channel form yet (fp8_tensor and ",
-                "fp8_block have one); fp8_channel experts run on weight_stream or cuda_cores (or ",
-                "automatic)");
   IRONMOE_CHECK(layout == Layout::contiguous || layout == Layout::batched, where,
                 "layout: expected contiguous or batched, got ", static_cast<int>(layout));
   IRONMOE_CHECK(batched_capacity >= 0, where, "batched_capacity: expected >= 0 (0: max_tokens), ",

@@ -3,12 +3,14 @@
 // static scale is given), GEMM1 and the activation, quantise h, GEMM2 into permuted_out. Three
 // GEMM families on E4M3 codes and scales:
 //   hopper         (gemm/grouped_gemm_sm90_fp8.h) E4M3 tensor cores, bf16 activations with H and I
-//                  multiples of 16, fp8_tensor and fp8_block: GEMM1 into an fp32 gate_up buffer,
-//                  whose act(gate) * up is quantised straight into GEMM2's codes (one kernel;
-//                  bf16 gate and up moved h across E4M3 rounding boundaries often enough to put
-//                  10-15% of the rows 2-9% away from the CPU backend, measured on an H100);
-//                  the scales go in the GEMM's own layout, fp8_tensor's weight scale folded
-//                  into the activation scale of each expert's rows;
+//                  multiples of 16, every scheme: GEMM1 into an fp32 gate_up buffer, whose
+//                  act(gate) * up is quantised straight into GEMM2's codes (one kernel; bf16 gate
+//                  and up moved h across E4M3 rounding boundaries often enough to put 10-15% of
+//                  the rows 2-9% away from the CPU backend, measured on an H100). The scales go
+//                  in the GEMM's layout (1 x 128 activations, 128 x 128 weights): fp8_block's as
+//                  they are; fp8_tensor's weight scale folded into each expert's activation
+//                  scales; fp8_channel's weight scales, which have no such form, applied after
+//                  each GEMM (to gate and up when h is formed, to GEMM2's bf16 output in place);
 //   weight_stream  (gemm/weight_stream_fp8.h) up to kFp8StreamMaxRows rows: each weight byte
 //                  read once per 2 rows of its expert, at memory speed; h in fp32;
 //   cuda_cores     (gemm/grouped_gemm_simt.h) every shape: correct, not fast.
@@ -25,6 +27,7 @@
 #include "cuda/fp8_quantize.h"
 #include "cuda/gemm/grouped_gemm_simt.h"
 #include "cuda/gemm/grouped_gemm_sm90_fp8.h"
+#include "cuda/gemm/scale_columns.h"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/gemm/weight_stream_fp8.h"
 
@@ -49,7 +52,7 @@ Fp8Path choose_fp8_path(ExpertKernel kernel, bool hopper_ok, bool stream_ok, int
       return hopper_ok ? Fp8Path::hopper : Fp8Path::cuda_cores;
     case ExpertKernel::grouped_gemm:
       IRONMOE_CHECK(hopper_ok, "experts", "kernel (config.expert_kernel): the FP8 grouped_gemm ",
-                    "needs an sm_90 GPU, bf16 activations, fp8_tensor or fp8_block, H and I ",
+                    "needs an sm_90 GPU, bf16 activations, H and I ",
                     "multiples of 16 and 16-byte aligned buffers and strides");
       return Fp8Path::hopper;
     case ExpertKernel::weight_stream:
@@ -65,16 +68,16 @@ Fp8Path choose_fp8_path(ExpertKernel kernel, bool hopper_ok, bool stream_ok, int
 
 // Shapes and schemes the Hopper path can take at all (pointers and strides are checked per call).
 bool hopper_shapes(DType dtype, QuantScheme quant, int64_t hidden, int64_t intermediate) {
-  return dtype == DType::bf16 &&
-         (quant == QuantScheme::fp8_tensor || quant == QuantScheme::fp8_block) &&
-         hidden % 16 == 0 && intermediate % 16 == 0;
+  return dtype == DType::bf16 && quant != QuantScheme::none && hidden % 16 == 0 &&
+         intermediate % 16 == 0;
 }
 
 // The Hopper path's scratch after core::fp8_scratch: gate_up [R, 2I] f32, both GEMM inputs'
 // scales in the GEMM's layout, the shared unit weight scales of fp8_tensor, two problem lists and
 // the GEMM workspace, each 256-byte aligned.
 struct HopperScratch {
-  size_t gate_up = 0, a_scales = 0, h_scales = 0, ones = 0, gemm1_list = 0, gemm2_list = 0, workspace = 0;
+  size_t gate_up = 0, a_scales = 0, h_scales = 0, ones = 0, gemm1_list = 0, gemm2_list = 0,
+         workspace = 0;
   size_t workspace_bytes = 0;
   int64_t ones_count = 0;
   size_t total = 0;
@@ -147,6 +150,7 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
                 int device_index, int sms, cudaStream_t stream) {
   const QuantScheme quant = args.quant;
   const bool tensor = quant == QuantScheme::fp8_tensor;
+  const bool channel = quant == QuantScheme::fp8_channel;
   auto* a_scales = reinterpret_cast<float*>(scratch + layout.a_scales);
   auto* h_scales = reinterpret_cast<float*>(scratch + layout.h_scales);
   const int64_t hidden = args.permuted_in.size(1);
@@ -159,25 +163,33 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
                  buffers.a_codes,
                  {nullptr, a_scales, tensor ? args.w13_scale.ptr<const float>() : nullptr}, stream);
 
-  // 2. Both problem lists (and fp8_tensor's unit weight scales), then GEMM1 into gate_up.
+  // 2. Both problem lists (and the unit weight scales of the schemes without block scales), then
+  //    GEMM1 into gate_up.
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
   gemm::sm90_fp8_write_problem_lists(
       rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
-      reinterpret_cast<float*>(scratch + layout.ones), tensor ? layout.ones_count : 0, stream);
+      reinterpret_cast<float*>(scratch + layout.ones),
+      quant == QuantScheme::fp8_block ? 0 : layout.ones_count, stream);
   gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], DType::f32, scratch + layout.workspace,
                               device_index, sms, stream);
 
-  // 3. act(gate) * up, quantised straight from gate_up into GEMM2's codes.
+  // 3. act(gate) * up (fp8_channel: gate and up times their weight scales first), quantised
+  //    straight from gate_up into GEMM2's codes.
   Fp8RowSource h{scratch + layout.gate_up, DType::f32, 2 * inter, inter};
   h.gated = true;
   h.activation = args.activation;
+  h.channel_scales = channel ? args.w13_scale.ptr<const float>() : nullptr;
   quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &buffers.tensor_scales[1],
                  buffers.h_codes,
                  {nullptr, h_scales, tensor ? args.w2_scale.ptr<const float>() : nullptr}, stream);
 
-  // 4. GEMM2 into permuted_out.
+  // 4. GEMM2 into permuted_out (fp8_channel: then times w2's channel scales).
   gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[1], DType::bf16, scratch + layout.workspace,
                               device_index, sms, stream);
+  if (channel) {
+    gemm::scale_expert_columns(rows, args.permuted_out.data, args.permuted_out.strides[0], hidden,
+                               args.w2_scale.ptr<const float>(), stream);
+  }
 }
 
 // The Hopper path's two GEMMs over the stage's buffers.

@@ -28,12 +28,16 @@ __device__ float warp_max(float v) {
   return v;
 }
 
-// The values of row r, column c of a source (Fp8RowSource): stored values, or act(gate) * up.
+// The value at row r, column c of a source (Fp8RowSource) whose row belongs to local expert
+// `expert`: stored values, or act(gate) * up (gate and up times their channel's weight scale
+// when channel_scales is given).
 template <class T>
 struct PlainRows {
   const T* data;
   int64_t stride;
-  __device__ float operator()(int64_t r, int64_t c) const { return to_float(data[r * stride + c]); }
+  __device__ float operator()(int64_t, int64_t r, int64_t c) const {
+    return to_float(data[r * stride + c]);
+  }
 };
 
 template <class T>
@@ -42,17 +46,26 @@ struct GatedRows {
   int64_t stride;
   int64_t k;
   Activation activation;
-  __device__ float operator()(int64_t r, int64_t c) const {
+  const float* channel_scales;  // [E_local, 2k] or null
+  __device__ float operator()(int64_t expert, int64_t r, int64_t c) const {
     const T* row = data + r * stride;
-    return gemm::gated_activation(to_float(row[c]), to_float(row[k + c]), activation);
+    float gate = to_float(row[c]);
+    float up = to_float(row[k + c]);
+    if (channel_scales != nullptr) {
+      const float* scales = channel_scales + expert * 2 * k;
+      gate *= scales[c];
+      up *= scales[k + c];
+    }
+    return gemm::gated_activation(gate, up, activation);
   }
 };
 
 // Largest magnitude of row r's columns [0, k) over the warp, NaN skipped (fmaxf drops NaN).
 template <class Rows>
-__device__ float row_amax_skipping_nan(const Rows& values, int64_t r, int64_t k, int lane) {
+__device__ float row_amax_skipping_nan(const Rows& values, int64_t expert, int64_t r, int64_t k,
+                                       int lane) {
   float amax = 0.0f;
-  for (int64_t c = lane; c < k; c += 32) amax = fmaxf(amax, fabsf(values(r, c)));
+  for (int64_t c = lane; c < k; c += 32) amax = fmaxf(amax, fabsf(values(expert, r, c)));
   return warp_max(amax);
 }
 
@@ -77,8 +90,8 @@ __global__ void __launch_bounds__(kThreads)
     amax_of_expert_rows(gemm::ExpertRows rows, Rows values, int64_t k, unsigned* word) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   float amax = 0.0f;
-  for_expert_rows(rows, [&](int64_t, gemm::RowRange, int64_t r) {
-    amax = fmaxf(amax, row_amax_skipping_nan(values, r, k, lane));
+  for_expert_rows(rows, [&](int64_t expert, gemm::RowRange, int64_t r) {
+    amax = fmaxf(amax, row_amax_skipping_nan(values, expert, r, k, lane));
   });
   if (lane == 0) add_amax(word, amax);
 }
@@ -90,8 +103,8 @@ __global__ void amax_to_scale(unsigned* word) {
 // Encodes row r's columns [first, first + count) with the group's scale: the given one
 // (fp8_tensor) or the group's own, NaN when the group holds a NaN; returns the scale.
 template <class Rows>
-__device__ float quantize_group(const Rows& values, int64_t r, uint8_t* codes, int64_t first,
-                                int64_t count, const float* tensor_scale, int lane) {
+__device__ float quantize_group(const Rows& values, int64_t expert, int64_t r, uint8_t* codes,
+                                int64_t first, int64_t count, const float* tensor_scale, int lane) {
   float scale = 0.0f;
   if (tensor_scale != nullptr) {
     scale = *tensor_scale;
@@ -99,7 +112,7 @@ __device__ float quantize_group(const Rows& values, int64_t r, uint8_t* codes, i
     float amax = 0.0f;
     bool nan = false;
     for (int64_t c = first + lane; c < first + count; c += 32) {
-      const float v = values(r, c);
+      const float v = values(expert, r, c);
       nan = nan || isnan(v);
       amax = fmaxf(amax, fabsf(v));
     }
@@ -107,7 +120,7 @@ __device__ float quantize_group(const Rows& values, int64_t r, uint8_t* codes, i
     scale = fp8_dynamic_scale(__any_sync(kFullMask, nan) ? __int_as_float(0x7fc00000) : amax);
   }
   for (int64_t c = first + lane; c < first + count; c += 32) {
-    codes[c] = fp8_quantize(values(r, c), scale);
+    codes[c] = fp8_quantize(values(expert, r, c), scale);
   }
   return scale;
 }
@@ -144,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t first = 0, g = 0; first < k; first += group, ++g) {
       const int64_t count = min(group, k - first);
       const float scale =
-          quantize_group(values, r, row_codes, first, count,
+          quantize_group(values, expert, r, row_codes, first, count,
                          quant == QuantScheme::fp8_tensor ? tensor_scale : nullptr, lane);
       sink.put(expert, range, r, g, first, count, scale, lane);
     }
@@ -161,7 +174,7 @@ __global__ void __launch_bounds__(kThreads)
   float amax = 0.0f;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); t < valid;
        t += warps) {
-    amax = fmaxf(amax, row_amax_skipping_nan(PlainRows<T>{x, stride}, t, hidden, lane));
+    amax = fmaxf(amax, row_amax_skipping_nan(PlainRows<T>{x, stride}, 0, t, hidden, lane));
   }
   if (lane == 0) add_amax(word, amax);
 }
@@ -180,7 +193,7 @@ void dispatch_source(const Fp8RowSource& source, Body&& body) {
     using T = decltype(element);
     if (source.gated) {
       body(GatedRows<T>{static_cast<const T*>(source.data), source.stride, source.k,
-                        source.activation});
+                        source.activation, source.channel_scales});
     } else {
       body(PlainRows<T>{static_cast<const T*>(source.data), source.stride});
     }

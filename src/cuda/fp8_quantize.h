@@ -20,6 +20,9 @@ struct Fp8RowSource {
   int64_t k = 0;
   bool gated = false;
   Activation activation = Activation::silu_and_mul;
+  // Gated only: per-channel weight scales [E_local, 2k] that multiply gate and up first (the
+  // Hopper GEMM computes fp8_channel's GEMM1 with unit weight scales).
+  const float* channel_scales = nullptr;
 };
 
 // Where the scales go: `row_scales` [R, core::fp8_activation_scales_per_row] (the streaming and

@@ -16,6 +16,15 @@
 // moves most rows by far more. fp8_tensor quantises every row
 // with the tensor's scale, so a row of small values sits in the coarse (subnormal) end of E4M3:
 // there the 2e-2 applies to max |gpu - cpu| / max |cpu| over the whole output instead.
+//
+// The Hopper FP8 GEMM (grouped_gemm) sums each 128-deep K block inside the tensor cores, whose
+// FP8 accumulation keeps fewer bits than fp32 (it is promoted to fp32 once per block), so h
+// crosses E4M3 rounding boundaries more often than with the CUDA-core kernels: measured on an
+// H100 (2026-11-24), 0.7-3% of the rows above 2e-2 (worst 6e-2) and, for fp8_tensor, 2.3e-2
+// over the whole output, with rows far below the largest moving by up to 0.43 of themselves.
+// There: at most 5% of the rows (at least one) above 2e-2, and 5e-2 over the whole output for
+// fp8_tensor without the per-row bound. A wrong scale or index still moves most rows by far
+// more (magnitudes differ by 2^3 per token and expert).
 #include <algorithm>
 #include <cmath>
 #include <iostream>
@@ -31,6 +40,7 @@ namespace {
 
 constexpr double kTolerance = 2e-2;
 constexpr double kRowBound = 0.1;
+constexpr double kTensorCoreTolerance = 5e-2;
 
 reference::Fp8Scheme reference_scheme(QuantScheme quant) {
   switch (quant) {
@@ -226,6 +236,16 @@ class GpuLayer {
   DeviceBuffer<uint8_t> out_;
 };
 
+// Whether the layer's experts run on the Hopper FP8 GEMM (src/cuda/experts_fp8.cu: forced, or
+// chosen from kFp8HopperMinRows = 128 permuted rows; bf16, H and I multiples of 16). The tests
+// run on an H100.
+bool runs_on_tensor_cores(const Fp8Case& c) {
+  const MoeConfig& m = c.config;
+  const bool eligible = m.dtype == DType::bf16 && m.hidden % 16 == 0 && m.intermediate % 16 == 0;
+  return eligible && (m.expert_kernel == ExpertKernel::grouped_gemm ||
+                      (m.expert_kernel == ExpertKernel::automatic && c.tokens * m.top_k >= 128));
+}
+
 // GPU against CPU: NaN exactly where the CPU has NaN, the rest within tolerance; padding rows 0.
 void expect_gpu_matches_cpu(const Fp8Case& c, const std::vector<float>& gpu) {
   const std::vector<float> cpu = forward_on_cpu(c);
@@ -242,8 +262,8 @@ void expect_gpu_matches_cpu(const Fp8Case& c, const std::vector<float>& gpu) {
       for (int64_t col = 0; col < hidden; ++col) ASSERT_EQ(gpu[t * hidden + col], 0.0f) << t;
     }
   }
+  const bool tensor_cores = runs_on_tensor_cores(c);
   const RowError error = max_row_relative_error(cpu, gpu, c.tokens, hidden, &skip);
-  EXPECT_LE(error.value, kRowBound) << error.worst;
   if (c.config.quant == QuantScheme::fp8_tensor) {
     double diff = 0.0;
     double largest = 1e-30;
@@ -252,9 +272,15 @@ void expect_gpu_matches_cpu(const Fp8Case& c, const std::vector<float>& gpu) {
       diff = std::max(diff, static_cast<double>(std::fabs(gpu[i] - cpu[i])));
       largest = std::max(largest, static_cast<double>(std::fabs(cpu[i])));
     }
-    EXPECT_LE(diff / largest, kTolerance);
+    // On the tensor cores a row far below the tensor's largest (its h in E4M3's subnormals)
+    // may move by more than kRowBound of itself; the whole output stays close.
+    if (!tensor_cores) {
+      EXPECT_LE(error.value, kRowBound) << error.worst;
+    }
+    EXPECT_LE(diff / largest, tensor_cores ? kTensorCoreTolerance : kTolerance);
     return;
   }
+  EXPECT_LE(error.value, kRowBound) << error.worst;
   int64_t rows_over = 0;
   for (int64_t t = 0; t < c.tokens; ++t) {
     if (skip[static_cast<size_t>(t)]) continue;
@@ -268,7 +294,8 @@ void expect_gpu_matches_cpu(const Fp8Case& c, const std::vector<float>& gpu) {
     std::cout << "[fp8] " << rows_over << " of " << c.tokens << " rows above " << kTolerance
               << " (worst " << error.value << ")\n";
   }
-  EXPECT_LE(rows_over, c.tokens / 100) << "rows above " << kTolerance << "; worst " << error.worst;
+  const int64_t rows_allowed = tensor_cores ? std::max<int64_t>(1, c.tokens / 20) : c.tokens / 100;
+  EXPECT_LE(rows_over, rows_allowed) << "rows above " << kTolerance << "; worst " << error.worst;
 }
 
 MoeConfig fp8_config(QuantScheme quant, DType dtype, int64_t max_tokens, int64_t hidden = 320,
@@ -321,6 +348,7 @@ INSTANTIATE_TEST_SUITE_P(
         Scheme{QuantScheme::fp8_block, DType::f32, false, ExpertKernel::weight_stream},
         Scheme{QuantScheme::fp8_tensor, DType::bf16, false, ExpertKernel::grouped_gemm},
         Scheme{QuantScheme::fp8_tensor, DType::bf16, true, ExpertKernel::grouped_gemm},
+        Scheme{QuantScheme::fp8_channel, DType::bf16, false, ExpertKernel::grouped_gemm},
         Scheme{QuantScheme::fp8_block, DType::bf16, false, ExpertKernel::grouped_gemm},
         Scheme{QuantScheme::fp8_tensor, DType::bf16, false, ExpertKernel::cuda_cores},
         Scheme{QuantScheme::fp8_channel, DType::bf16, false, ExpertKernel::cuda_cores},
@@ -411,7 +439,8 @@ TEST_F(Fp8Sizes, AroundEightThousandTokensOnTheGroupedGemm) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
-  for (QuantScheme quant : {QuantScheme::fp8_tensor, QuantScheme::fp8_block}) {
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
     for (int64_t tokens : {8191, 8192, 8193}) {
       SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
       MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 80);
