@@ -12,7 +12,7 @@
 set -euo pipefail
 bench=$1
 shift
-ours='regex:route_|plan_|gather_|combine_|stream_|decode_|write_problem|device_kernel|gated_|simt'
+ours='regex:route_|plan_|gather_|combine_|stream_|decode_|write_problem|device_kernel|gated_|simt|quantize_|amax_|scale_expert'
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size
 csv=$(mktemp)
 # Two timed calls are enough: each kernel runs the same work every call.

@@ -8,7 +8,8 @@
 #   scripts/sanitize.sh [BUILD_DIR [PROGRAM...]]     (default: build, every program)
 #
 # PROGRAM names one of the runs below (ironmoe-check, route, plan, gather-combine, stage-capture,
-# layer-capture, experts, fused-decode, fp8, layer), to sanitize only those.
+# layer-capture, experts, fused-decode, fp8, fp8-hopper, layer), to sanitize only those; fp8-hopper
+# is the part of fp8 that runs the Hopper FP8 GEMM, plus one streamed and one CUDA-core scheme.
 # The full log goes to $OUT/sanitize.log ($OUT unset: ./out). ironmoe-check or a test binary
 # that was not built is reported as missing and counts as a failure.
 set -uo pipefail
@@ -44,6 +45,7 @@ programs=(
   "experts|$tests/cuda_test_experts|--gtest_filter=*small*_stream:*f16*_stream:*decode*:ExpertsCuda.RangesOutsideTheBuffersAreEmpty:ExpertsCuda.GraphReplayFollowsNewCountsAndInputs"
   "fused-decode|$tests/cuda_test_fused_decode|"
   "fp8|$tests/cuda_test_fp8|"
+  "fp8-hopper|$tests/cuda_test_fp8|--gtest_filter=*grouped_gemm*:*OnTheGroupedGemm:*fp8_block_bf16_weight_stream:*fp8_tensor_bf16_cuda_cores"
   "layer|$tests/cuda_test_layer|--gtest_filter=Scaled/*qwen3_30b_a3b_bf16_contiguous:Scaled/*deepseek_v3_bf16_batched:Scaled/*mixtral_8x7b_f32_contiguous"
 )
 
@@ -56,6 +58,8 @@ run_tool() {
   for entry in "${programs[@]}"; do
     IFS='|' read -r name exe args <<<"$entry"
     [ "$selected" = "  " ] || [[ "$selected" == *" $name "* ]] || continue
+    # By default fp8 runs whole, which includes fp8-hopper.
+    [ "$selected" = "  " ] && [ "$name" = fp8-hopper ] && continue
     if [ ! -x "$exe" ]; then
       echo "== $tool $name: missing $exe" >>"$tool_log"
       failed+=("$name(missing)")

@@ -1,18 +1,20 @@
-// FP8 activation quantisation on CUDA (fp8_quantize.h): a warp per row. A per-tensor scale takes
+// FP8 activation quantisation on CUDA (fp8_quantize.h): a block per row in 16-byte chunks where
+// the row allows (fp8_quantize_vector.cuh), else a warp per row. A per-tensor scale takes
 // two kernels after zeroing its word: an atomicMax of each warp's largest magnitude (a
 // non-negative float orders as its bits, so integer max is float max; NaN is skipped), then one
 // thread turning the amax into the scale in place. Row and block scales are found by the warp
 // that quantises the row, so they never leave it.
 #include <algorithm>
+#include <type_traits>
 
 #include "core/fp8_scales.h"
 #include "core/plan_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/fp8.cuh"
 #include "cuda/fp8_quantize.h"
+#include "cuda/fp8_quantize_vector.cuh"
+#include "cuda/fp8_row_sources.cuh"
 #include "cuda/gemm/expert_rows.cuh"
-#include "cuda/gemm/gated_activation.cuh"
-#include "cuda/gemm/grouped_gemm_sm90_fp8.h"
 #include "cuda/storage.cuh"
 
 namespace ironmoe::cuda {
@@ -27,38 +29,6 @@ __device__ float warp_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
-
-// The value at row r, column c of a source (Fp8RowSource) whose row belongs to local expert
-// `expert`: stored values, or act(gate) * up (gate and up times their channel's weight scale
-// when channel_scales is given).
-template <class T>
-struct PlainRows {
-  const T* data;
-  int64_t stride;
-  __device__ float operator()(int64_t, int64_t r, int64_t c) const {
-    return to_float(data[r * stride + c]);
-  }
-};
-
-template <class T>
-struct GatedRows {
-  const T* data;
-  int64_t stride;
-  int64_t k;
-  Activation activation;
-  const float* channel_scales;  // [E_local, 2k] or null
-  __device__ float operator()(int64_t expert, int64_t r, int64_t c) const {
-    const T* row = data + r * stride;
-    float gate = to_float(row[c]);
-    float up = to_float(row[k + c]);
-    if (channel_scales != nullptr) {
-      const float* scales = channel_scales + expert * 2 * k;
-      gate *= scales[c];
-      up *= scales[k + c];
-    }
-    return gemm::gated_activation(gate, up, activation);
-  }
-};
 
 // Largest magnitude of row r's columns [0, k) over the warp, NaN skipped (fmaxf drops NaN).
 template <class Rows>
@@ -125,27 +95,6 @@ __device__ float quantize_group(const Rows& values, int64_t expert, int64_t r, u
   return scale;
 }
 
-// Writes one group's scale where Fp8ScaleTarget says; the warp's lanes share the grouped copies.
-struct ScaleSink {
-  float* row_scales;
-  int64_t per_row;
-  float* grouped;
-  const float* grouped_factor;
-  int64_t k_blocks;
-
-  __device__ void put(int64_t expert, gemm::RowRange range, int64_t r, int64_t group, int64_t first,
-                      int64_t count, float scale, int lane) const {
-    if (row_scales != nullptr && per_row > 0 && lane == 0) row_scales[r * per_row + group] = scale;
-    if (grouped == nullptr) return;
-    const float value = grouped_factor != nullptr ? scale * grouped_factor[expert] : scale;
-    const int64_t last = (first + count - 1) / gemm::kSm90Fp8ScaleBlock;
-    for (int64_t kb = first / gemm::kSm90Fp8ScaleBlock + lane; kb <= last; kb += 32) {
-      grouped[gemm::sm90_fp8_activation_scale_index(range.begin, range.count, r, kb, k_blocks)] =
-          value;
-    }
-  }
-};
-
 template <class Rows>
 __global__ void __launch_bounds__(kThreads)
     quantize_expert_rows(gemm::ExpertRows rows, Rows values, int64_t k, QuantScheme quant,
@@ -200,6 +149,50 @@ void dispatch_source(const Fp8RowSource& source, Body&& body) {
   });
 }
 
+// The vectorised kernels' launch: (local expert, row split) blocks of `threads` threads with
+// `chunks_per_thread` chunks each; none when the source does not allow 16-byte reads.
+struct VectorLaunch {
+  bool ok = false;
+  int chunks_per_thread = 0;
+  int threads = 0;
+  dim3 grid;
+};
+
+VectorLaunch vector_launch(const gemm::ExpertRows& rows, const Fp8RowSource& source,
+                           int64_t rows_per_block) {
+  VectorLaunch launch;
+  const int64_t element = source.dtype == DType::f32 ? 4 : 2;
+  const int64_t chunks = source.k / kFp8Chunk;
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(source.data) % 16 == 0 && source.stride * element % 16 == 0;
+  if (!aligned || source.k % kFp8Chunk != 0 ||
+      chunks > int64_t{fp8_vector::kMaxThreads} * fp8_vector::kMaxChunks) {
+    return launch;
+  }
+  launch.ok = true;
+  launch.chunks_per_thread = chunks <= fp8_vector::kMaxThreads       ? 1
+                             : chunks <= 2 * fp8_vector::kMaxThreads ? 2
+                                                                     : 4;
+  const int64_t per_thread = (chunks + launch.chunks_per_thread - 1) / launch.chunks_per_thread;
+  launch.threads = static_cast<int>(std::max<int64_t>(32, (per_thread + 31) / 32 * 32));
+  const int64_t average = rows.num_rows / std::max<int64_t>(rows.num_experts, 1);
+  const int64_t splits =
+      std::clamp<int64_t>((average + rows_per_block - 1) / rows_per_block, 1, 65535);
+  IRONMOE_CHECK(rows.num_experts <= 0x7fffffff, "experts", "too many local experts for a grid");
+  launch.grid = dim3(static_cast<unsigned>(rows.num_experts), static_cast<unsigned>(splits));
+  return launch;
+}
+
+// Calls body(std::integral_constant<int, chunks per thread>).
+template <class Body>
+void dispatch_chunks(int chunks_per_thread, Body&& body) {
+  switch (chunks_per_thread) {
+    case 1: body(std::integral_constant<int, 1>{}); return;
+    case 2: body(std::integral_constant<int, 2>{}); return;
+    default: body(std::integral_constant<int, fp8_vector::kMaxChunks>{}); return;
+  }
+}
+
 }  // namespace
 
 void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source,
@@ -207,9 +200,18 @@ void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const Fp8RowSource& 
   auto* word = reinterpret_cast<unsigned*>(scale);
   IRONMOE_CUDA_CHECK(cudaMemsetAsync(word, 0, sizeof(unsigned), stream));
   if (rows.num_experts > 0 && rows.num_rows > 0) {
+    // Eight rows per block: few enough blocks that their atomics on one word stay cheap.
+    const VectorLaunch vector = vector_launch(rows, source, 8);
     dispatch_source(source, [&](auto values) {
-      amax_of_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(rows, values, source.k,
-                                                                           word);
+      if (!vector.ok) {
+        amax_of_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(rows, values, source.k,
+                                                                             word);
+        return;
+      }
+      dispatch_chunks(vector.chunks_per_thread, [&](auto chunks) {
+        fp8_vector::amax_of_rows<decltype(values), chunks()>
+            <<<vector.grid, vector.threads, 0, stream>>>(rows, values, source.k, word);
+      });
     });
     IRONMOE_CUDA_CHECK_LAUNCH(stream);
   }
@@ -223,9 +225,18 @@ void fp8_quantize_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source,
   if (rows.num_experts == 0 || rows.num_rows == 0) return;
   const ScaleSink sink{scales.row_scales, core::fp8_activation_scales_per_row(quant, source.k),
                        scales.grouped, scales.grouped_factor, core::fp8_blocks(source.k)};
+  const VectorLaunch vector = vector_launch(rows, source, 2);
   dispatch_source(source, [&](auto values) {
-    quantize_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(
-        rows, values, source.k, quant, tensor_scale, codes, sink);
+    if (!vector.ok) {
+      quantize_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(
+          rows, values, source.k, quant, tensor_scale, codes, sink);
+      return;
+    }
+    dispatch_chunks(vector.chunks_per_thread, [&](auto chunks) {
+      fp8_vector::quantize_rows<decltype(values), chunks()>
+          <<<vector.grid, vector.threads, 0, stream>>>(rows, values, source.k, quant, tensor_scale,
+                                                       codes, sink);
+    });
   });
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
