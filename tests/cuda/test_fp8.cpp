@@ -23,8 +23,10 @@
 // H100 (2026-11-24), 0.7-3% of the rows above 2e-2 (worst 6e-2) and, for fp8_tensor, 2.3e-2
 // over the whole output, with rows far below the largest moving by up to 0.43 of themselves.
 // One fp8_channel row of 8193 reached 0.108 (a single output element 44% off: one h element
-// dominated it). There: every row <= 0.25, at most 5% of the rows (at least one) above 2e-2, and
-// 5e-2 over the whole output for fp8_tensor without the per-row bound. A wrong scale or index still
+// dominated it). With a dynamic fp8_tensor scale for h, the scale itself comes from those sums,
+// so every h code near a boundary may move: 5.4e-2 over the whole output at 8191 tokens. There:
+// every row <= 0.25, at most 5% of the rows (at least one) above 2e-2, and for fp8_tensor 0.1
+// over the whole output without the per-row bound. A wrong scale or index still
 // moves most rows by far more (magnitudes differ by 2^3 per token and expert).
 #include <algorithm>
 #include <cmath>
@@ -41,7 +43,7 @@ namespace {
 
 constexpr double kTolerance = 2e-2;
 constexpr double kRowBound = 0.1;
-constexpr double kTensorCoreTolerance = 5e-2;
+constexpr double kTensorCoreTensorTolerance = 0.1;
 constexpr double kTensorCoreRowBound = 0.25;
 
 reference::Fp8Scheme reference_scheme(QuantScheme quant) {
@@ -279,7 +281,7 @@ void expect_gpu_matches_cpu(const Fp8Case& c, const std::vector<float>& gpu) {
     if (!tensor_cores) {
       EXPECT_LE(error.value, kRowBound) << error.worst;
     }
-    EXPECT_LE(diff / largest, tensor_cores ? kTensorCoreTolerance : kTolerance);
+    EXPECT_LE(diff / largest, tensor_cores ? kTensorCoreTensorTolerance : kTolerance);
     return;
   }
   EXPECT_LE(error.value, tensor_cores ? kTensorCoreRowBound : kRowBound) << error.worst;
