@@ -8,7 +8,10 @@
 // Scale granularity 1 x 128 for the activations (a scale per row and K block, M-major in each
 // group, as CUTLASS's Sm90 blockwise kernels expect) and 128 x 128 for the weights (K-major: the
 // [NB, KB] block-scale layout of DeepSeek-V3 checkpoints, read in place). Tile 128 x 128 x 128:
-// one K block per stage, so one weight scale per stage and tile. A 1x1 cluster, as for the bf16
+// one K block per stage, so one weight scale per stage and tile. CUTLASS 4.2 lays the shared
+// memory of the weight scales out by the activation scales' major-ness, which is only right
+// while a tile holds one weight scale: a 128 x 256 tile fails its static checks with K-major
+// weight scales (tried), so wider tiles would need the scales transposed per call. A 1x1 cluster, as for the bf16
 // GEMM (a larger cluster rounds each expert's M tiles up).
 //
 // Included by exactly one translation unit per output type (each a heavy instantiation).
