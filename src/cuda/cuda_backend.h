@@ -27,7 +27,8 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
 void experts(const ExpertArgs& args, void* stream);
 void combine(const CombineArgs& args, void* stream);
 // FP8 experts (experts_fp8.cu; experts() hands them over) and the layer's per-tensor input scale.
-// The FP8 scratch is core::fp8_scratch, then what the Hopper FP8 GEMM needs where it can run.
+// The FP8 scratch: core::fp8_scratch, or the Hopper FP8 path's own layout where that path can
+// run (sm_90, bf16, H and I multiples of 16), whichever is larger.
 size_t expert_scratch_bytes_fp8(int64_t max_rows, int64_t hidden, int64_t intermediate,
                                 int64_t num_local_experts, DType dtype, QuantScheme quant,
                                 int device_index);

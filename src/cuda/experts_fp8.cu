@@ -14,7 +14,7 @@
 //   weight_stream  (gemm/weight_stream_fp8.h) up to kFp8StreamMaxRows rows: each weight byte
 //                  read once per 2 rows of its expert, at memory speed; h in fp32;
 //   cuda_cores     (gemm/grouped_gemm_simt.h) every shape: correct, not fast.
-// Every buffer is carved from the scratch (core::fp8_scratch, then the Hopper path's part);
+// Every buffer is carved from the scratch (core::fp8_scratch, or the Hopper path's own layout);
 // nothing syncs with the host.
 #include <algorithm>
 
@@ -44,7 +44,10 @@ constexpr int64_t kFp8HopperMinRows = 128;
 
 enum class Fp8Path { hopper, weight_stream, cuda_cores };
 
-Fp8Path choose_fp8_path(ExpertKernel kernel, bool hopper_ok, bool stream_ok, int64_t rows) {
+// hopper_refusal: why the Hopper path cannot take the call, null when it can.
+Fp8Path choose_fp8_path(ExpertKernel kernel, const char* hopper_refusal, bool stream_ok,
+                        int64_t rows) {
+  const bool hopper_ok = hopper_refusal == nullptr;
   switch (kernel) {
     case ExpertKernel::automatic:
       if (hopper_ok && rows >= kFp8HopperMinRows) return Fp8Path::hopper;
@@ -52,8 +55,7 @@ Fp8Path choose_fp8_path(ExpertKernel kernel, bool hopper_ok, bool stream_ok, int
       return hopper_ok ? Fp8Path::hopper : Fp8Path::cuda_cores;
     case ExpertKernel::grouped_gemm:
       IRONMOE_CHECK(hopper_ok, "experts", "kernel (config.expert_kernel): the FP8 grouped_gemm ",
-                    "needs an sm_90 GPU, bf16 activations, H and I ",
-                    "multiples of 16 and 16-byte aligned buffers and strides");
+                    "needs ", hopper_refusal);
       return Fp8Path::hopper;
     case ExpertKernel::weight_stream:
       IRONMOE_CHECK(stream_ok, "experts", "kernel (config.expert_kernel): FP8 weight_stream ",
@@ -72,21 +74,22 @@ bool hopper_shapes(DType dtype, QuantScheme quant, int64_t hidden, int64_t inter
          intermediate % 16 == 0;
 }
 
-// The Hopper path's scratch after core::fp8_scratch: gate_up [R, 2I] f32, both GEMM inputs'
-// scales in the GEMM's layout, the shared unit weight scales of fp8_tensor, two problem lists and
-// the GEMM workspace, each 256-byte aligned.
+// The Hopper path's own layout of the scratch (in place of core::fp8_scratch's, which the other
+// paths use): both GEMM inputs' codes, the per-tensor scales, gate_up [R, 2I] f32, both inputs'
+// scales in the GEMM's layout, the unit weight scales of the schemes without block scales, two
+// problem lists and the GEMM workspace, each 256-byte aligned.
 struct HopperScratch {
-  size_t gate_up = 0, a_scales = 0, h_scales = 0, ones = 0, gemm1_list = 0, gemm2_list = 0,
-         workspace = 0;
+  size_t a_codes = 0, h_codes = 0, tensor_scales = 0, gate_up = 0, a_scales = 0, h_scales = 0,
+         ones = 0, gemm1_list = 0, gemm2_list = 0, workspace = 0;
   size_t workspace_bytes = 0;
   int64_t ones_count = 0;
   size_t total = 0;
 };
 
-HopperScratch hopper_scratch(size_t start, int64_t rows, int64_t hidden, int64_t intermediate,
+HopperScratch hopper_scratch(int64_t rows, int64_t hidden, int64_t intermediate,
                              int64_t local_experts, int sms) {
   constexpr size_t kAlign = 256;
-  size_t end = start;
+  size_t end = 0;
   auto take = [&](size_t bytes) {
     const size_t offset = end;
     end = (offset + bytes + kAlign - 1) / kAlign * kAlign;
@@ -95,6 +98,9 @@ HopperScratch hopper_scratch(size_t start, int64_t rows, int64_t hidden, int64_t
   const int64_t h_blocks = core::fp8_blocks(hidden);
   const int64_t i_blocks = core::fp8_blocks(intermediate);
   HopperScratch s;
+  s.a_codes = take(static_cast<size_t>(rows * hidden));
+  s.h_codes = take(static_cast<size_t>(rows * intermediate));
+  s.tensor_scales = take(2 * sizeof(float));
   s.gate_up = take(static_cast<size_t>(rows * 2 * intermediate) * sizeof(float));
   s.a_scales = take(static_cast<size_t>(rows * h_blocks) * sizeof(float));
   s.h_scales = take(static_cast<size_t>(rows * i_blocks) * sizeof(float));
@@ -145,12 +151,13 @@ Fp8Buffers carve(char* scratch, const core::Fp8Scratch& layout) {
           reinterpret_cast<float*>(scratch + layout.tensor_scales)};
 }
 
-void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8Buffers& buffers,
-                char* scratch, const HopperScratch& layout, const gemm::Sm90Fp8GemmOperands* gemms,
+void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scratch,
+                const HopperScratch& layout, const gemm::Sm90Fp8GemmOperands* gemms,
                 int device_index, int sms, cudaStream_t stream) {
   const QuantScheme quant = args.quant;
   const bool tensor = quant == QuantScheme::fp8_tensor;
   const bool channel = quant == QuantScheme::fp8_channel;
+  auto* tensor_scales = reinterpret_cast<float*>(scratch + layout.tensor_scales);
   auto* a_scales = reinterpret_cast<float*>(scratch + layout.a_scales);
   auto* h_scales = reinterpret_cast<float*>(scratch + layout.h_scales);
   const int64_t hidden = args.permuted_in.size(1);
@@ -159,8 +166,8 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
   // 1. GEMM1's input, its scales in the GEMM's layout (fp8_tensor: times w13's expert scale).
   const Fp8RowSource x{args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0],
                        hidden};
-  quantize_input(rows, x, quant, args.w13_input_scale.ptr<const float>(), &buffers.tensor_scales[0],
-                 buffers.a_codes,
+  quantize_input(rows, x, quant, args.w13_input_scale.ptr<const float>(), &tensor_scales[0],
+                 reinterpret_cast<uint8_t*>(scratch + layout.a_codes),
                  {nullptr, a_scales, tensor ? args.w13_scale.ptr<const float>() : nullptr}, stream);
 
   // 2. Both problem lists (and the unit weight scales of the schemes without block scales), then
@@ -179,8 +186,8 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
   h.gated = true;
   h.activation = args.activation;
   h.channel_scales = channel ? args.w13_scale.ptr<const float>() : nullptr;
-  quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &buffers.tensor_scales[1],
-                 buffers.h_codes,
+  quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &tensor_scales[1],
+                 reinterpret_cast<uint8_t*>(scratch + layout.h_codes),
                  {nullptr, h_scales, tensor ? args.w2_scale.ptr<const float>() : nullptr}, stream);
 
   // 4. GEMM2 into permuted_out (fp8_channel: then times w2's channel scales).
@@ -193,14 +200,14 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, const Fp8B
 }
 
 // The Hopper path's two GEMMs over the stage's buffers.
-void hopper_operands(const ExpertArgs& args, const Fp8Buffers& buffers, char* scratch,
-                     const HopperScratch& layout, gemm::Sm90Fp8GemmOperands* gemms) {
+void hopper_operands(const ExpertArgs& args, char* scratch, const HopperScratch& layout,
+                     gemm::Sm90Fp8GemmOperands* gemms) {
   const bool block = args.quant == QuantScheme::fp8_block;
   const int64_t hidden = args.permuted_in.size(1);
   const int64_t inter = args.w13.size(1) / 2;
   const auto* ones = reinterpret_cast<const float*>(scratch + layout.ones);
   gemm::Sm90Fp8GemmOperands& g1 = gemms[0];
-  g1.a = buffers.a_codes;
+  g1.a = reinterpret_cast<const uint8_t*>(scratch + layout.a_codes);
   g1.a_stride = hidden;
   g1.a_scales = reinterpret_cast<const float*>(scratch + layout.a_scales);
   g1.b = static_cast<const uint8_t*>(args.w13.data);
@@ -213,7 +220,7 @@ void hopper_operands(const ExpertArgs& args, const Fp8Buffers& buffers, char* sc
   g1.n = 2 * inter;
   g1.k = hidden;
   gemm::Sm90Fp8GemmOperands& g2 = gemms[1];
-  g2.a = buffers.h_codes;
+  g2.a = reinterpret_cast<const uint8_t*>(scratch + layout.h_codes);
   g2.a_stride = inter;
   g2.a_scales = reinterpret_cast<const float*>(scratch + layout.h_scales);
   g2.b = static_cast<const uint8_t*>(args.w2.data);
@@ -234,12 +241,12 @@ size_t expert_scratch_bytes_fp8(int64_t max_rows, int64_t hidden, int64_t interm
                                 int device_index) {
   const size_t base = core::fp8_scratch(quant, max_rows, hidden, intermediate).total_bytes;
   if (max_rows == 0 || num_local_experts == 0 ||
-      !hopper_shapes(dtype, quant, hidden, intermediate)) {
+      !hopper_shapes(dtype, quant, hidden, intermediate) || !is_sm90(device_index)) {
     return base;
   }
-  return hopper_scratch(base, max_rows, hidden, intermediate, num_local_experts,
-                        sm_count(device_index))
-      .total;
+  const HopperScratch hopper =
+      hopper_scratch(max_rows, hidden, intermediate, num_local_experts, sm_count(device_index));
+  return std::max(base, hopper.total);
 }
 
 void experts_fp8(const ExpertArgs& args, void* stream_handle) {
@@ -253,27 +260,36 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   const DType dtype = args.permuted_in.dtype;
   const int device_index = args.permuted_in.device.index;
   char* scratch = static_cast<char*>(args.scratch);
-  const core::Fp8Scratch layout = core::fp8_scratch(quant, num_rows, hidden, inter);
-  const Fp8Buffers buffers = carve(scratch, layout);
 
-  const bool hopper_possible = hopper_shapes(dtype, quant, hidden, inter) && is_sm90(device_index);
-  const int sms = hopper_possible ? sm_count(device_index) : 0;
-  const HopperScratch hopper = hopper_possible ? hopper_scratch(layout.total_bytes, num_rows,
-                                                                hidden, inter, local_experts, sms)
-                                               : HopperScratch{};
+  // The Hopper path, where it can run, lays the scratch out its own way (HopperScratch).
+  const char* hopper_refusal = nullptr;
+  int sms = 0;
+  HopperScratch hopper;
   gemm::Sm90Fp8GemmOperands gemms[2];
-  if (hopper_possible) hopper_operands(args, buffers, scratch, hopper, gemms);
-  const bool hopper_ok = hopper_possible && args.scratch_bytes >= hopper.total &&
-                         gemm::sm90_fp8_supports(gemms[0]) && gemm::sm90_fp8_supports(gemms[1]);
+  if (!hopper_shapes(dtype, quant, hidden, inter)) {
+    hopper_refusal = "bf16 activations and H and I multiples of 16";
+  } else if (!is_sm90(device_index)) {
+    hopper_refusal = "an sm_90 GPU";
+  } else {
+    sms = sm_count(device_index);
+    hopper = hopper_scratch(num_rows, hidden, inter, local_experts, sms);
+    hopper_operands(args, scratch, hopper, gemms);
+    if (args.scratch_bytes < hopper.total) {
+      hopper_refusal = "the scratch of expert_scratch_bytes";
+    } else if (!gemm::sm90_fp8_supports(gemms[0]) || !gemm::sm90_fp8_supports(gemms[1])) {
+      hopper_refusal = "16-byte aligned buffers and row strides";
+    }
+  }
   const bool stream_ok =
       gemm::stream_fp8_supports(hidden, inter, args.w13.data, args.w2.data, local_experts);
-  const Fp8Path path = choose_fp8_path(args.kernel, hopper_ok, stream_ok, num_rows);
+  const Fp8Path path = choose_fp8_path(args.kernel, hopper_refusal, stream_ok, num_rows);
   const gemm::ExpertRows rows{args.expert_offsets.ptr<const int32_t>(),
                               args.expert_counts.ptr<const int32_t>(), local_experts, num_rows};
   if (path == Fp8Path::hopper) {
-    run_hopper(args, rows, buffers, scratch, hopper, gemms, device_index, sms, stream);
+    run_hopper(args, rows, scratch, hopper, gemms, device_index, sms, stream);
     return;
   }
+  const Fp8Buffers buffers = carve(scratch, core::fp8_scratch(quant, num_rows, hidden, inter));
   const auto run = [&](const gemm::Fp8GemmArgs& gemm_args) {
     if (path == Fp8Path::weight_stream) {
       gemm::stream_fp8_gemm(rows, gemm_args, stream);
