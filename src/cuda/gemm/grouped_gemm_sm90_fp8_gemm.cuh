@@ -10,9 +10,10 @@
 // [NB, KB] block-scale layout of DeepSeek-V3 checkpoints, read in place). Tile 128 x 128 x 128:
 // one K block per stage, so one weight scale per stage and tile. CUTLASS 4.2 lays the shared
 // memory of the weight scales out by the activation scales' major-ness, which is only right
-// while a tile holds one weight scale: a 128 x 256 tile fails its static checks with K-major
-// weight scales (tried), so wider tiles would need the scales transposed per call. A 1x1 cluster, as for the bf16
-// GEMM (a larger cluster rounds each expert's M tiles up).
+// while a tile holds one weight scale. A 128 x 256 tile (two weight scales per tile) does not
+// compile in CUTLASS 4.2 with either major-ness of the weight scales (tried, 2026-11-24:
+// fp8_accumulation.hpp's "Accumulator and scaleB must have same shape" for the 64x256 atom).
+// A 1x1 cluster, as for the bf16 GEMM (a larger cluster rounds each expert's M tiles up).
 //
 // Included by exactly one translation unit per output type (each a heavy instantiation).
 #include "core/check.h"
