@@ -1,7 +1,7 @@
 #pragma once
 // FP8 E4M3 ("e4m3fn": no infinities, one NaN pattern per sign, largest finite 448) <-> fp32 for
 // host code: the CPU backend's emulation of FP8 experts and the references the CUDA kernels are
-// tested against (issue 6, docs/formats.md "FP8").
+// tested against (issue 6, docs/formats.md "FP8"); the dynamic scale rule serves the device too.
 //
 // Encoding rounds to nearest, ties to even, and saturates: a magnitude above 448 (infinity
 // included) becomes +-448, as the "satfinite" conversions of Hopper and the quantisation kernels
@@ -9,6 +9,8 @@
 // amax / scale <= 448, so saturation only meets values a static scale did not foresee.
 #include <cmath>
 #include <cstdint>
+
+#include "core/host_device.h"
 
 namespace ironmoe::core {
 
@@ -21,8 +23,9 @@ inline float fp8_e4m3_to_float(uint8_t bits) {
   const int mantissa = bits & 0x07;
   if (exponent == 0x0f && mantissa == 0x07) return std::nanf("");
   // Subnormals: mantissa * 2^-9; normals: (8 + mantissa) * 2^(exponent - 10). Both exact in fp32.
-  const float magnitude = exponent == 0 ? std::ldexp(static_cast<float>(mantissa), -9)
-                                        : std::ldexp(static_cast<float>(8 + mantissa), exponent - 10);
+  const float magnitude = exponent == 0
+                              ? std::ldexp(static_cast<float>(mantissa), -9)
+                              : std::ldexp(static_cast<float>(8 + mantissa), exponent - 10);
   return negative ? -magnitude : magnitude;
 }
 
@@ -39,8 +42,8 @@ inline uint8_t float_to_fp8_e4m3(float value) {
   }
   int exponent = 0;  // magnitude = fraction * 2^exponent, fraction in [0.5, 1)
   std::frexp(magnitude, &exponent);
-  int unbiased = exponent - 1;                                                // in [-6, 8]
-  double steps = std::nearbyint(std::ldexp(magnitude, 3 - unbiased));        // in [8, 16]
+  int unbiased = exponent - 1;                                         // in [-6, 8]
+  double steps = std::nearbyint(std::ldexp(magnitude, 3 - unbiased));  // in [8, 16]
   if (steps == 16.0) {
     steps = 8.0;
     ++unbiased;
@@ -57,8 +60,9 @@ inline uint8_t float_to_fp8_e4m3(float value) {
 // a bf16 layer.
 inline constexpr float kFp8MinScale = 1.0f / (kFp8E4m3Max * 512.0f);
 
-inline float fp8_dynamic_scale(float amax) {
-  if (std::isnan(amax)) return amax;
+// Host and device (cuda/fp8.cuh): one IEEE division, so both backends choose the same scale.
+IRONMOE_HD float fp8_dynamic_scale(float amax) {
+  if (amax != amax) return amax;  // NaN
   const float scale = amax / kFp8E4m3Max;
   return scale > kFp8MinScale ? scale : kFp8MinScale;
 }

@@ -22,10 +22,6 @@ __device__ __forceinline__ uint8_t fp8_quantize(float value, float scale) {
       __nv_cvt_float_to_fp8(__fdiv_rn(value, scale), __NV_SATFINITE, __NV_E4M3));
 }
 
-__device__ __forceinline__ float fp8_dynamic_scale(float amax) {
-  if (isnan(amax)) return amax;
-  const float scale = __fdiv_rn(amax, core::kFp8E4m3Max);
-  return scale > core::kFp8MinScale ? scale : core::kFp8MinScale;
-}
+using core::fp8_dynamic_scale;
 
 }  // namespace ironmoe::cuda

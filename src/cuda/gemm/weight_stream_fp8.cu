@@ -41,6 +41,22 @@ __device__ __forceinline__ RowScales row_scales(const core::Fp8ScaleMap& map, in
   return {base, map.k_group != 0};
 }
 
+// The activation rows of one pass over an expert's rows (from `pass`, at most kFp8RowsPerPass;
+// past the last, the last again, never read): their codes and scales; returns how many are real.
+__device__ __forceinline__ int pass_rows(const Fp8GemmArgs& p, const RowRange& range, int64_t pass,
+                                         const uint8_t* (&a)[kFp8RowsPerPass],
+                                         RowScales (&as)[kFp8RowsPerPass]) {
+  const int rows_here =
+      static_cast<int>(range.count - pass < kFp8RowsPerPass ? range.count - pass : kFp8RowsPerPass);
+#pragma unroll
+  for (int r = 0; r < kFp8RowsPerPass; ++r) {
+    const int64_t row = range.begin + pass + min(r, rows_here - 1);
+    a[r] = p.a + row * p.k;
+    as[r] = row_scales(p.a_scales, row);
+  }
+  return rows_here;
+}
+
 // sum over 16 code pairs of value(w) * value(a), in code order.
 __device__ __forceinline__ float dot16(const uint4& w, const uint4& a) {
   const auto* wp = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
@@ -106,16 +122,9 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   }
   auto* h = static_cast<float*>(p.out);
   for (int64_t pass = 0; pass < range.count; pass += kFp8RowsPerPass) {
-    const int rows_here = static_cast<int>(range.count - pass < kFp8RowsPerPass ? range.count - pass
-                                                                                : kFp8RowsPerPass);
     const uint8_t* a[kFp8RowsPerPass];
     RowScales as[kFp8RowsPerPass];
-#pragma unroll
-    for (int r = 0; r < kFp8RowsPerPass; ++r) {
-      const int64_t row = range.begin + pass + min(r, rows_here - 1);
-      a[r] = p.a + row * p.k;
-      as[r] = row_scales(p.a_scales, row);
-    }
+    const int rows_here = pass_rows(p, range, pass, a, as);
     float acc[kRows][kFp8RowsPerPass] = {};
     stream_fp8_rows<kRows>(w, ws, a, as, rows_here, p.k, acc);
 #pragma unroll
@@ -152,16 +161,9 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   }
   auto* out = static_cast<T*>(p.out);
   for (int64_t pass = 0; pass < range.count; pass += kFp8RowsPerPass) {
-    const int rows_here = static_cast<int>(range.count - pass < kFp8RowsPerPass ? range.count - pass
-                                                                                : kFp8RowsPerPass);
     const uint8_t* a[kFp8RowsPerPass];
     RowScales as[kFp8RowsPerPass];
-#pragma unroll
-    for (int r = 0; r < kFp8RowsPerPass; ++r) {
-      const int64_t row = range.begin + pass + min(r, rows_here - 1);
-      a[r] = p.a + row * p.k;
-      as[r] = row_scales(p.a_scales, row);
-    }
+    const int rows_here = pass_rows(p, range, pass, a, as);
     float acc[kDownColumnsFp8][kFp8RowsPerPass] = {};
     stream_fp8_rows<kDownColumnsFp8>(w, ws, a, as, rows_here, p.k, acc);
 #pragma unroll
