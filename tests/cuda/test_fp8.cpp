@@ -459,6 +459,124 @@ TEST_F(Fp8Sizes, AroundEightThousandTokens) {
   }
 }
 
+// The experts stage on its own (an engine's dispatch feeding it rows), 300 rows in ranges with a
+// gap and an empty expert, every scheme with each kernel family: CUDA equals the CPU stage within
+// the layer tests' bounds, and rows outside every range stay untouched. fp8_tensor runs without
+// static scales, so both input scales are the stage's own (GEMM1's over the stage's rows; the
+// layer passes its own instead).
+class Fp8Stage : public CudaTestWithParam<ExpertKernel> {};
+
+std::string kernel_name(const ::testing::TestParamInfo<ExpertKernel>& param) {
+  return expert_kernel_name(param.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, Fp8Stage,
+                         ::testing::Values(ExpertKernel::automatic, ExpertKernel::grouped_gemm,
+                                           ExpertKernel::weight_stream, ExpertKernel::cuda_cores),
+                         kernel_name);
+
+TEST_P(Fp8Stage, ExpertsStageAloneEqualsTheCpuStage) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  constexpr int64_t kRows = 300;
+  const std::vector<int32_t> offsets = {0, 40, 40, 50, 150, 300, 0, 0, 0, 0, 0, 0};
+  const std::vector<int32_t> counts = {40, 0, 1, 100, 150, 0, 0, 0, 0, 0, 0, 0};
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    SCOPED_TRACE(quant_scheme_name(quant));
+    const Fp8Case c = make_case(fp8_config(quant, DType::bf16, kRows), kRows, rng, false);
+    const MoeConfig& m = c.config;
+    const int64_t experts = m.num_local_experts();
+    const int64_t hidden = m.hidden;
+    const int64_t inter = m.intermediate;
+    const auto args_over = [&](const void* x, const int32_t* offs, const int32_t* cnts,
+                               const void* w13, const void* w2, const float* w13_scale,
+                               const float* w2_scale, void* h, void* out, void* scratch,
+                               size_t scratch_bytes, Device device) {
+      const Weights w = weight_views(c, w13, w2, w13_scale, w2_scale, nullptr, device);
+      ExpertArgs args;
+      args.permuted_in = TensorView::contiguous(x, DType::bf16, {kRows, hidden}, device);
+      args.expert_offsets = TensorView::contiguous(offs, DType::i32, {experts}, device);
+      args.expert_counts = TensorView::contiguous(cnts, DType::i32, {experts}, device);
+      args.w13 = w.w13;
+      args.w2 = w.w2;
+      args.w13_scale = w.w13_scale;
+      args.w2_scale = w.w2_scale;
+      args.quant = quant;
+      args.kernel = GetParam();
+      args.intermediate = TensorView::contiguous(h, DType::bf16, {kRows, inter}, device);
+      args.permuted_out = TensorView::contiguous(out, DType::bf16, {kRows, hidden}, device);
+      args.scratch = scratch;
+      args.scratch_bytes = scratch_bytes;
+      return args;
+    };
+
+    const size_t cpu_scratch_bytes =
+        expert_scratch_bytes(kRows, hidden, inter, experts, DType::bf16, Device::cpu(), quant);
+    HostWorkspace cpu_scratch(cpu_scratch_bytes);
+    std::vector<uint8_t> cpu_h(static_cast<size_t>(kRows * inter * 2));
+    std::vector<uint8_t> cpu_out(static_cast<size_t>(kRows * hidden * 2), kPoisonFloatByte);
+    ironmoe::experts(
+        args_over(c.x.data(), offsets.data(), counts.data(), c.w.w13.data(), c.w.w2.data(),
+                  c.w.w13_scale.data(), c.w.w2_scale.data(), cpu_h.data(), cpu_out.data(),
+                  cpu_scratch.data(), cpu_scratch_bytes, Device::cpu()),
+        cpu_stream());
+
+    const size_t gpu_scratch_bytes =
+        expert_scratch_bytes(kRows, hidden, inter, experts, DType::bf16, Device::cuda(0), quant);
+    DeviceBuffer<uint8_t> x(c.x), w13(c.w.w13), w2(c.w.w2);
+    DeviceBuffer<float> w13_scale(c.w.w13_scale), w2_scale(c.w.w2_scale);
+    DeviceBuffer<int32_t> offs(offsets), cnts(counts);
+    DeviceBuffer<uint8_t> h(kRows * inter * 2), out(kRows * hidden * 2);
+    DeviceBuffer<uint8_t> scratch(static_cast<int64_t>(gpu_scratch_bytes));
+    scratch.fill_bytes(kPoisonFloatByte);
+    out.fill_bytes(kPoisonFloatByte);
+    ironmoe::experts(args_over(x.data(), offs.data(), cnts.data(), w13.data(), w2.data(),
+                               w13_scale.data(), w2_scale.data(), h.data(), out.data(),
+                               scratch.data(), gpu_scratch_bytes, Device::cuda(0)),
+                     Stream::cuda(stream()));
+    CUDA_TEST_OK(cudaStreamSynchronize(stream()));
+    const std::vector<uint8_t> gpu_out = out.download();
+
+    // Rows 41-49 belong to no expert: never written.
+    for (size_t i = 41 * hidden * 2; i < 50 * static_cast<size_t>(hidden) * 2; ++i) {
+      ASSERT_EQ(gpu_out[i], kPoisonFloatByte) << "byte " << i;
+    }
+    const std::vector<float> cpu = decode(DType::bf16, cpu_out);
+    const std::vector<float> gpu = decode(DType::bf16, gpu_out);
+    const bool tensor_cores = GetParam() == ExpertKernel::grouped_gemm ||
+                              (GetParam() == ExpertKernel::automatic && runs_on_tensor_cores(c));
+    double largest = 1e-30;
+    double diff = 0.0;
+    int64_t rows_over = 0;
+    int64_t rows_checked = 0;
+    for (int64_t r = 0; r < kRows; ++r) {
+      if (r >= 41 && r < 50) continue;
+      ++rows_checked;
+      double row_max = 1e-30;
+      double row_diff = 0.0;
+      for (int64_t col = 0; col < hidden; ++col) {
+        const double a = cpu[r * hidden + col];
+        const double b = gpu[r * hidden + col];
+        row_max = std::max(row_max, std::fabs(a));
+        row_diff = std::max(row_diff, std::fabs(a - b));
+      }
+      largest = std::max(largest, row_max);
+      diff = std::max(diff, row_diff);
+      if (quant != QuantScheme::fp8_tensor) {
+        EXPECT_LE(row_diff / row_max, tensor_cores ? kTensorCoreRowBound : kRowBound) << r;
+        if (row_diff / row_max > kTolerance) ++rows_over;
+      }
+    }
+    if (quant == QuantScheme::fp8_tensor) {
+      EXPECT_LE(diff / largest, tensor_cores ? kTensorCoreTensorTolerance : kTolerance);
+    } else {
+      EXPECT_LE(rows_over, tensor_cores ? rows_checked / 20 : rows_checked / 100);
+    }
+  }
+}
+
 // H and I that are not multiples of 8: the warp-per-row quantising kernels (the others read 8
 // values at a time) and the CUDA-core GEMM.
 TEST_F(Fp8Sizes, WidthsOffTheEightColumnGrid) {
