@@ -439,26 +439,6 @@ TEST_P(Fp8Layer, GraphReplaysEqualDirectRuns) {
   }
 }
 
-// The batch sizes around 8192 tokens: every scale index comes from the permuted row.
-class Fp8Sizes : public CudaTest {};
-
-TEST_F(Fp8Sizes, AroundEightThousandTokens) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  for (QuantScheme quant :
-       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
-    for (int64_t tokens : {8191, 8192, 8193}) {
-      SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
-      const Fp8Case c =
-          make_case(fp8_config(quant, DType::bf16, 8193, 136, 72), tokens, rng, false);
-      GpuLayer gpu(c, stream());
-      gpu.run();
-      expect_gpu_matches_cpu(c, decode(DType::bf16, gpu.output()));
-    }
-  }
-}
-
 // The experts stage on its own (an engine's dispatch feeding it rows), 300 rows in ranges with a
 // gap and an empty expert, every scheme with each kernel family: CUDA equals the CPU stage within
 // the layer tests' bounds, and rows outside every range stay untouched. fp8_tensor runs without
@@ -577,41 +557,54 @@ TEST_P(Fp8Stage, ExpertsStageAloneEqualsTheCpuStage) {
   }
 }
 
-// H and I that are not multiples of 8: the warp-per-row quantising kernels (the others read 8
-// values at a time) and the CUDA-core GEMM.
-TEST_F(Fp8Sizes, WidthsOffTheEightColumnGrid) {
+// Each scheme's layer (bf16) at each of `token_counts` with the config `make_config(quant)`,
+// against the CPU backend.
+template <class MakeConfig>
+void run_every_scheme(std::initializer_list<int64_t> token_counts, MakeConfig make_config,
+                      cudaStream_t stream) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
   for (QuantScheme quant :
        {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
-    for (int64_t tokens : {1, 64}) {
+    for (int64_t tokens : token_counts) {
       SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
-      const Fp8Case c = make_case(fp8_config(quant, DType::bf16, 64, 132, 100), tokens, rng, false);
-      GpuLayer gpu(c, stream());
+      const Fp8Case c = make_case(make_config(quant), tokens, rng, false);
+      GpuLayer gpu(c, stream);
       gpu.run();
       expect_gpu_matches_cpu(c, decode(DType::bf16, gpu.output()));
     }
   }
 }
 
-// The same sizes on the Hopper FP8 GEMM (H and I multiples of 16, which it needs).
+// The batch sizes around 8192 tokens: every scale index comes from the permuted row.
+class Fp8Sizes : public CudaTest {};
+
+TEST_F(Fp8Sizes, AroundEightThousandTokens) {
+  run_every_scheme(
+      {8191, 8192, 8193},
+      [](QuantScheme quant) { return fp8_config(quant, DType::bf16, 8193, 136, 72); }, stream());
+}
+
+// H and I that are not multiples of 8: the warp-per-row quantising kernels (the others read 8
+// values at a time) and the CUDA-core GEMM.
+TEST_F(Fp8Sizes, WidthsOffTheEightColumnGrid) {
+  run_every_scheme(
+      {1, 64}, [](QuantScheme quant) { return fp8_config(quant, DType::bf16, 64, 132, 100); },
+      stream());
+}
+
+// The sizes around 8192 tokens on the Hopper FP8 GEMM (H and I multiples of 16, which it needs;
+// GEMM2 has two K blocks).
 TEST_F(Fp8Sizes, AroundEightThousandTokensOnTheGroupedGemm) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  for (QuantScheme quant :
-       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
-    for (int64_t tokens : {8191, 8192, 8193}) {
-      SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", tokens " + std::to_string(tokens));
-      MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 208);
-      config.expert_kernel = ExpertKernel::grouped_gemm;
-      const Fp8Case c = make_case(config, tokens, rng, false);
-      GpuLayer gpu(c, stream());
-      gpu.run();
-      expect_gpu_matches_cpu(c, decode(DType::bf16, gpu.output()));
-    }
-  }
+  run_every_scheme(
+      {8191, 8192, 8193},
+      [](QuantScheme quant) {
+        MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 208);
+        config.expert_kernel = ExpertKernel::grouped_gemm;
+        return config;
+      },
+      stream());
 }
 
 }  // namespace
