@@ -10,7 +10,10 @@
 // FP8 experts (quant != none, docs/formats.md "FP8 experts"): w13 and w2 hold E4M3 codes with f32
 // scales; both GEMM inputs are quantised to E4M3 inside the stage (permuted_in per the scheme,
 // h straight from GEMM1's fp32 result), each product is code x code, scaled per the scheme, and
-// summed in fp32; out is rounded once to permuted_in's dtype. `intermediate` is not written.
+// summed in fp32; out is rounded once to permuted_in's dtype (twice for fp8_channel on the Hopper
+// FP8 GEMM, whose per-channel down scales are applied to its bf16 output). `intermediate` is not
+// written. On CUDA the tensor cores' FP8 sums keep fewer bits than fp32 inside each 128-deep K
+// block (docs/contract.md L6 gives the tolerances against the CPU backend).
 #include "ironmoe/stream.h"
 #include "ironmoe/tensor.h"
 
