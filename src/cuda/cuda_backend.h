@@ -41,8 +41,6 @@ void fp8_input_scale(const Fp8InputScaleArgs& args, void* stream);
 // as the stages, bit for bit. IRONMOE_FUSED_DECODE=0 in the environment turns it off.
 // try_fused_decode launches it and returns true when it applies; otherwise it does nothing.
 inline constexpr int64_t kFusedDecodeMaxSlots = 32;
-// FP8 experts take their fused path (fused_decode_fp8.cu) up to this many slots.
-inline constexpr int64_t kFusedDecodeFp8MaxSlots = 32;
 bool fused_decode_applies(const MoeConfig& config, const LayerStages& stages);
 bool try_fused_decode(const MoeConfig& config, const LayerStages& stages, void* stream);
 

@@ -2,13 +2,13 @@
 // experts) against the same layer run stage by stage with the weight_stream expert kernels: the
 // output and the diagnostics must be equal bit for bit. FP8: every scheme, fp8_tensor with static
 // and with dynamic input scales (GEMM1's from the layer's input-scale stage, GEMM2's over the
-// placed rows), bf16, f16 and f32 activations. Precomputed routing with hostile ids (duplicates
-// within a token, -1, ids >= E, INT_MIN, ids outside the expert-parallel range) and NaN weights on
-// every slot that is not placed, num_valid_tokens absent, below T, 0 or negative, strided x (NaN
-// between rows) and output rows, every slot count from 1 to one past the path's limit, bf16 and
-// f16, SiLU and GELU, and poisoned outputs and workspaces. Routed through router logits as well,
-// and in a CUDA graph. The fused path's result against the CPU backend is covered by test_layer.cpp
-// (T = 1 takes this path there for qwen3-30b-a3b, qwen3-next-80b-a3b and mixtral-8x7b) and by
+// placed rows), bf16, f16 and f32 activations. Precomputed routing with hostile ids (duplicates within a token, -1, ids >= E,
+// INT_MIN, ids outside the expert-parallel range) and NaN weights on every slot that is not
+// placed, num_valid_tokens absent, below T, 0 or negative, strided x (NaN between rows) and
+// output rows, every slot count from 1 to one past the path's limit, bf16 and f16, SiLU and GELU,
+// and poisoned outputs and workspaces. Routed through router logits as well, and in a CUDA graph.
+// The fused path's result against the CPU backend is covered by test_layer.cpp (T = 1 takes this
+// path there for qwen3-30b-a3b, qwen3-next-80b-a3b and mixtral-8x7b) and by
 // test_layer_capture.cpp (T = 1 and 2, against the CPU at T = 1); the FP8 path's by test_fp8.cpp
 // (T = 1, 2 and 7 with k = 3 take it there).
 #include <algorithm>
@@ -57,12 +57,6 @@ MoeConfig config_for(const FusedCase& c, int64_t max_tokens) {
   return config;
 }
 
-// The most slots a layer of this config fuses.
-int64_t max_slots(const MoeConfig& config) {
-  return config.quant == QuantScheme::none ? cuda::kFusedDecodeMaxSlots
-                                           : cuda::kFusedDecodeFp8MaxSlots;
-}
-
 reference::Fp8Scheme reference_scheme(QuantScheme quant) {
   switch (quant) {
     case QuantScheme::fp8_channel: return reference::Fp8Scheme::per_channel;
@@ -102,8 +96,9 @@ class ExpertWeights {
     };
     const std::vector<float> w13 = fill(2 * i, h);
     const std::vector<float> w2 = fill(h, i);
-    const reference::Fp8Weights q = reference::quantize_weights(reference_scheme(config.quant),
-                                                                local, h, i, w13.data(), w2.data());
+    const reference::Fp8Weights q =
+        reference::quantize_weights(reference_scheme(config.quant), local, h, i, w13.data(),
+                                    w2.data());
     w13_ = DeviceBuffer<uint8_t>(q.w13);
     w2_ = DeviceBuffer<uint8_t>(q.w2);
     w13_scale_ = DeviceBuffer<float>(q.w13_scale);
@@ -288,7 +283,7 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
             num_valid.has_value(), tokens, out_stride, false);
     ASSERT_EQ(fused.out, staged.out) << "fused and staged outputs differ";
     ASSERT_EQ(fused.diagnostics, staged.diagnostics);
-    const bool slots_fit = tokens * config.top_k <= max_slots(config);
+    const bool slots_fit = tokens * config.top_k <= cuda::kFusedDecodeMaxSlots;
     if (c.kernel == ExpertKernel::weight_stream) {
       EXPECT_EQ(fused.fused, slots_fit) << "a forced weight_stream layer fuses up to 32 slots";
     }
@@ -348,7 +343,8 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
         c.quant != QuantScheme::none || (slots <= 16 && 4 * slots <= local);
     const bool streamed = c.kernel == ExpertKernel::weight_stream ||
                           (c.kernel == ExpertKernel::automatic && automatic_streams);
-    EXPECT_EQ(cuda::fused_decode_applies(config, s), slots <= max_slots(config) && streamed)
+    EXPECT_EQ(cuda::fused_decode_applies(config, s),
+              slots <= cuda::kFusedDecodeMaxSlots && streamed)
         << "T = " << tokens;
   }
 }
@@ -379,8 +375,8 @@ std::vector<FusedCase> fused_cases() {
        ExpertKernel::automatic, QuantScheme::fp8_block},
       {"fp8_block_ep_range_stream_bf16", 32, 3, 8, 20, DType::bf16, Activation::silu_and_mul,
        ExpertKernel::weight_stream, QuantScheme::fp8_block},
-      {"fp8_block_grouped_gemm_forced_bf16", 64, 4, 0, -1, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::grouped_gemm, QuantScheme::fp8_block},
+      {"fp8_block_grouped_gemm_forced_bf16", 64, 4, 0, -1, DType::bf16,
+       Activation::silu_and_mul, ExpertKernel::grouped_gemm, QuantScheme::fp8_block},
   };
 }
 
@@ -391,7 +387,7 @@ std::string fused_case_name(const ::testing::TestParamInfo<FusedCase>& info) {
 INSTANTIATE_TEST_SUITE_P(Cases, FusedDecode, ::testing::ValuesIn(fused_cases()), fused_case_name);
 
 // Routed from logits (hard rows included), in a CUDA graph replayed with new contents: the
-// replay equals a direct forward(), which takes the same path (fused where it applies).
+// replay equals a direct forward(), which takes the same fused path.
 class FusedDecodeCapture : public CudaTest {};
 
 TEST_F(FusedDecodeCapture, GraphReplayEqualsDirectRun) {
@@ -399,7 +395,8 @@ TEST_F(FusedDecodeCapture, GraphReplayEqualsDirectRun) {
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
   // FP8: fp8_tensor's dynamic scales are recomputed on every replay.
-  for (QuantScheme quant : {QuantScheme::none, QuantScheme::fp8_tensor, QuantScheme::fp8_block}) {
+  for (QuantScheme quant :
+       {QuantScheme::none, QuantScheme::fp8_tensor, QuantScheme::fp8_block}) {
     SCOPED_TRACE(quant_scheme_name(quant));
     MoeConfig config = preset("qwen3-30b-a3b", 2);
     config.hidden = 256;
@@ -424,11 +421,10 @@ TEST_F(FusedDecodeCapture, GraphReplayEqualsDirectRun) {
       const Workspace space{workspace.data(), workspace.bytes()};
       {
         const LayerStages s = layer.stages(inputs, weights.views(), outputs, space, gpu());
-        ASSERT_EQ(cuda::fused_decode_applies(config, s),
-                  tokens * config.top_k <= max_slots(config));
+        ASSERT_TRUE(cuda::fused_decode_applies(config, s));
       }
-      const CapturedGraph graph(
-          stream(), [&] { layer.forward(inputs, weights.views(), outputs, space, gpu()); });
+      const CapturedGraph graph(stream(),
+                                [&] { layer.forward(inputs, weights.views(), outputs, space, gpu()); });
       for (int replay = 0; replay < 3; ++replay) {
         std::normal_distribution<float> normal(0.0f, 1.0f + static_cast<float>(replay));
         std::vector<float> xs(static_cast<size_t>(tokens * config.hidden));

@@ -6,8 +6,8 @@
 #include "cuda/cuda_check.h"
 #include "cuda/fp8.cuh"
 #include "cuda/gemm/weight_stream.cuh"
-#include "cuda/gemm/weight_stream.h"
 #include "cuda/gemm/weight_stream_fp8.cuh"
+#include "cuda/gemm/weight_stream.h"
 #include "cuda/gemm/weight_stream_fp8.h"
 #include "cuda/storage.cuh"
 

@@ -91,8 +91,8 @@ __device__ __forceinline__ void store_pass_sums(
     for (int r = 0; r < kFp8RowsPerPass; ++r) {
       if (r < rows_here) {
         float value = warp_sum(acc[c][r]);
-        if constexpr (kGated)
-          value = gated_activation(value, warp_sum(acc[kColumns + c][r]), activation);
+        if constexpr (kGated) value = gated_activation(value, warp_sum(acc[kColumns + c][r]),
+                                                       activation);
         if (lane == r * kColumns + c) store(r, c, value);
       }
     }
