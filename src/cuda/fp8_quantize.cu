@@ -12,7 +12,6 @@
 #include "cuda/cuda_check.h"
 #include "cuda/fp8.cuh"
 #include "cuda/fp8_quantize.h"
-#include "cuda/fp8_quantize_warp.cuh"
 #include "cuda/fp8_quantize_vector.cuh"
 #include "cuda/fp8_row_sources.cuh"
 #include "cuda/gemm/expert_rows.cuh"
@@ -23,6 +22,22 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+// Largest magnitude of row r's columns [0, k) over the warp, NaN skipped (fmaxf drops NaN).
+template <class Rows>
+__device__ float row_amax_skipping_nan(const Rows& values, int64_t expert, int64_t r, int64_t k,
+                                       int lane) {
+  float amax = 0.0f;
+  for (int64_t c = lane; c < k; c += 32) amax = fmaxf(amax, fabsf(values(expert, r, c)));
+  return warp_max(amax);
+}
 
 __device__ void add_amax(unsigned* word, float amax) {
   atomicMax(word, __float_as_uint(amax));  // amax >= 0 and never NaN here
@@ -53,6 +68,31 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void amax_to_scale(unsigned* word) {
   *reinterpret_cast<float*>(word) = fp8_dynamic_scale(__uint_as_float(*word));
+}
+
+// Encodes row r's columns [first, first + count) with the group's scale: the given one
+// (fp8_tensor) or the group's own, NaN when the group holds a NaN; returns the scale.
+template <class Rows>
+__device__ float quantize_group(const Rows& values, int64_t expert, int64_t r, uint8_t* codes,
+                                int64_t first, int64_t count, const float* tensor_scale, int lane) {
+  float scale = 0.0f;
+  if (tensor_scale != nullptr) {
+    scale = *tensor_scale;
+  } else {
+    float amax = 0.0f;
+    bool nan = false;
+    for (int64_t c = first + lane; c < first + count; c += 32) {
+      const float v = values(expert, r, c);
+      nan = nan || isnan(v);
+      amax = fmaxf(amax, fabsf(v));
+    }
+    amax = warp_max(amax);
+    scale = fp8_dynamic_scale(__any_sync(kFullMask, nan) ? __int_as_float(0x7fc00000) : amax);
+  }
+  for (int64_t c = first + lane; c < first + count; c += 32) {
+    codes[c] = fp8_quantize(values(expert, r, c), scale);
+  }
+  return scale;
 }
 
 template <class Rows>
