@@ -4,10 +4,18 @@
 // per warp, K strides loaded before use, blocks per SM, and the cost of the per-block expert
 // list): each variant runs 16 times in a CUDA graph over 16 disjoint sets of 8 experts (800 MB,
 // so nothing stays in L2), median of 20 replays. docs/performance.md has the H100 results.
+// The bulk_read variants (added 2026-12-02, not yet run) read the same bytes with the copy engine
+// instead: one thread per block issues cp.async.bulk copies of contiguous chunks into a ring of
+// shared-memory stages, completing on mbarriers, and the block's threads consume each stage from
+// shared memory. A weight row range of one expert is contiguous, so a decode kernel could fetch
+// its rows this way with few threads busy on loads; this measures whether that beats 16-byte
+// loads per lane (2.2 TB/s for gate/up at T = 1 on an H100, 2.1 TB/s for the FP8 kernels on an
+// H200's 4.26 TB/s copy rate).
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/weight_stream_ceiling.cu \
 //     -o weight_stream_ceiling && ./weight_stream_ceiling
 #include <cuda_bf16.h>
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 #include <algorithm>
@@ -80,6 +88,72 @@ __global__ void read_all(const uint4* p, size_t n, float* out) {
   if (s == 1.2345f) out[0] = s;
 }
 
+// mbarrier and bulk-copy primitives (PTX ISA: mbarrier, cp.async.bulk).
+__device__ __forceinline__ unsigned smem_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void bar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(count));
+}
+__device__ __forceinline__ void bar_expect(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_address(bar)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned phase) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(smem_address(bar)),
+      "r"(phase)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          smem_address(dst)),
+      "l"(src), "r"(bytes), "r"(smem_address(bar))
+      : "memory");
+}
+
+// Block b reads bytes [b * per_block, (b + 1) * per_block) of p in kStageBytes chunks through a
+// ring of kStages shared-memory stages.
+template <int kStageBytes, int kStages>
+__global__ void bulk_read(const char* p, size_t per_block, float* out) {
+  extern __shared__ __align__(128) char stage[];
+  __shared__ __align__(8) uint64_t full[kStages];
+  const char* base = p + blockIdx.x * per_block;
+  const int chunks = static_cast<int>(per_block / kStageBytes);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) bar_init(&full[s], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages && s < chunks; ++s) {
+      bar_expect(&full[s], kStageBytes);
+      bulk_copy(stage + s * kStageBytes, base + (size_t)s * kStageBytes, kStageBytes, &full[s]);
+    }
+  }
+  unsigned acc = 0;
+  for (int c = 0; c < chunks; ++c) {
+    const int s = c % kStages;
+    bar_wait(&full[s], (c / kStages) & 1);
+    const uint4* v = reinterpret_cast<const uint4*>(stage + s * kStageBytes);
+    for (int i = threadIdx.x; i < kStageBytes / 16; i += blockDim.x) acc ^= v[i].x ^ v[i].w;
+    __syncthreads();  // stage s consumed by every thread before it is refilled
+    if (threadIdx.x == 0 && c + kStages < chunks) {
+      bar_expect(&full[s], kStageBytes);
+      bulk_copy(stage + s * kStageBytes, base + (size_t)(c + kStages) * kStageBytes, kStageBytes,
+                &full[s]);
+    }
+  }
+  if (acc == 0x12345u) out[0] = 1.0f;
+}
+
 int main() {
   T *w13, *x, *h; int *experts, *offsets; float* out;
   size_t wbytes = (size_t)E * 2 * I * H * sizeof(T);
@@ -119,5 +193,22 @@ int main() {
   time("read 50 MB, 132*4 blocks of 512", [&](const int* ex) {
     size_t off = (size_t)(ex - experts) / 8 * 8 * 2 * I * H;
     read_all<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(w13 + off), bytes / 16, out); });
+  // The same 48 MiB with the copy engine: blocks x stages x stage size.
+#define BULK(BLOCKS, STAGE, STAGES, THREADS)                                                       \
+  {                                                                                                \
+    auto kernel = bulk_read<STAGE, STAGES>;                                                        \
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, STAGE * STAGES);     \
+    time("bulk read 48 MiB: " #BLOCKS " blocks, " #STAGES " x " #STAGE " B stages", [&](const int* ex) { \
+      size_t off = (size_t)(ex - experts) / 8 * 8 * 2 * I * H;                                     \
+      kernel<<<BLOCKS, THREADS, STAGE * STAGES, st>>>(reinterpret_cast<const char*>(w13 + off),     \
+                                                      (size_t)bytes / BLOCKS, out);                \
+    });                                                                                            \
+  }
+  BULK(128, 32768, 4, 256);
+  BULK(256, 16384, 4, 256);
+  BULK(256, 32768, 3, 256);
+  BULK(384, 16384, 4, 256);
+  BULK(384, 8192, 4, 128);
+  BULK(768, 8192, 4, 128);
   return 0;
 }
