@@ -93,6 +93,7 @@ uint64_t stream_seed(uint64_t seed, uint64_t index) {
 
 void store(const float* values, size_t count, DType dtype, void* out) {
   require_storage_dtype(dtype);
+  if (count == 0) return;  // out may be null for an empty tensor (memcpy's arguments may not)
   if (dtype == DType::f32) {
     std::memcpy(out, values, count * sizeof(float));
     return;
@@ -103,6 +104,7 @@ void store(const float* values, size_t count, DType dtype, void* out) {
 
 void load(const void* data, size_t count, DType dtype, float* out) {
   require_storage_dtype(dtype);
+  if (count == 0) return;
   if (dtype == DType::f32) {
     std::memcpy(out, data, count * sizeof(float));
     return;
