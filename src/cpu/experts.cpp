@@ -43,6 +43,38 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
       [&](int64_t row, int64_t n, float value) { store(y + row * hidden, n, value); }, threads);
 }
 
+// The row ranges are device-side data, but on the CPU they can be checked before any access:
+// each inside [0, R), and no row in two of them (two experts would write it at once from two
+// threads). Ranges in increasing order (every layout plan() writes) take one pass; others are
+// compared pairwise, allocating nothing.
+void check_row_ranges(const Problem& problem, int64_t rows) {
+  const int64_t experts = problem.local_experts;
+  bool increasing = true;
+  int64_t end_so_far = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t first = problem.offsets[e];
+    const int64_t count = problem.counts[e];
+    IRONMOE_CHECK(count >= 0 && (count == 0 || (first >= 0 && first + count <= rows)), "experts",
+                  "expert_offsets/expert_counts: local expert ", e, " has rows [", first, ", ",
+                  first + count, "), expected a range inside [0, ", rows, ")");
+    if (count == 0) continue;
+    increasing = increasing && first >= end_so_far;
+    end_so_far = std::max(end_so_far, first + count);
+  }
+  if (increasing) return;
+  for (int64_t a = 0; a < experts; ++a) {
+    if (problem.counts[a] == 0) continue;
+    const int64_t a_first = problem.offsets[a], a_end = a_first + problem.counts[a];
+    for (int64_t b = a + 1; b < experts; ++b) {
+      const int64_t b_first = problem.offsets[b], b_end = b_first + problem.counts[b];
+      IRONMOE_CHECK(problem.counts[b] == 0 || b_end <= a_first || a_end <= b_first, "experts",
+                    "expert_offsets/expert_counts: the row ranges of local experts ", a, " and ", b,
+                    " overlap ([", a_first, ", ", a_end, ") and [", b_first, ", ", b_end,
+                    ")); each row belongs to one expert at most");
+    }
+  }
+}
+
 }  // namespace
 
 void experts(const ExpertArgs& args, ThreadPool* threads) {
@@ -50,14 +82,7 @@ void experts(const ExpertArgs& args, ThreadPool* threads) {
   const int64_t local_experts = args.w13.size(0);
   Problem problem{args.expert_offsets.ptr<int32_t>(), args.expert_counts.ptr<int32_t>(),
                   local_experts, 0};
-  // The row ranges are device-side data, but on the CPU they can be checked before any access.
-  for (int64_t e = 0; e < local_experts; ++e) {
-    const int64_t first = problem.offsets[e];
-    const int64_t count = problem.counts[e];
-    IRONMOE_CHECK(count >= 0 && (count == 0 || (first >= 0 && first + count <= rows)), "experts",
-                  "expert_offsets/expert_counts: local expert ", e, " has rows [", first, ", ",
-                  first + count, "), expected a range inside [0, ", rows, ")");
-  }
+  check_row_ranges(problem, rows);
   if (args.quant != QuantScheme::none) {
     experts_fp8(args, problem, threads);
   } else if (args.permuted_in.dtype == DType::bf16) {

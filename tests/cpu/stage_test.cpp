@@ -166,5 +166,63 @@ TEST_P(Stage, CombineSumsSlotsSkipsMissingRowsAndZeroesPadding) {
   }
 }
 
+// The row ranges may come from an engine's own dispatch, not from plan(). On the CPU, where they
+// can be read before any work, a range outside [0, R) or two ranges that share a row is an
+// ironmoe::Error naming the experts, and nothing is written; ranges that only touch, come in any
+// order or are empty (with any offset) are accepted.
+TEST(StageRanges, RangesOutsideTheRowsOrSharingARowAreRefused) {
+  Rng rng = Rng::for_current_test();
+  constexpr int64_t kLocal = 4, kRows = 40, kHidden = 24, kInter = 16;
+  const Buffer in = Buffer::from(DType::f32, rng.nonzero_vector(kRows * kHidden, 1.0f));
+  const Buffer w13 =
+      Buffer::from(DType::f32, rng.nonzero_vector(kLocal * 2 * kInter * kHidden, 0.2f));
+  const Buffer w2 = Buffer::from(DType::f32, rng.nonzero_vector(kLocal * kHidden * kInter, 0.3f));
+  struct RangeCase {
+    const char* what;
+    std::vector<int32_t> offsets;
+    std::vector<int32_t> counts;
+    std::vector<std::string> names;  // empty: accepted
+  };
+  const RangeCase cases[] = {
+      {"back to back", {0, 5, 5, 20}, {5, 0, 15, 20}, {}},
+      {"any order, gaps, empty ranges anywhere", {30, -7, 0, 12}, {10, 0, 9, 3}, {}},
+      {"negative count", {0, 5, 10, 20}, {5, -1, 10, 8}, {"expert_offsets", "local expert 1"}},
+      {"negative offset", {-2, 5, 10, 20}, {5, 1, 10, 8}, {"expert_offsets", "local expert 0"}},
+      {"past the last row", {0, 5, 10, 35}, {5, 1, 10, 8}, {"expert_offsets", "local expert 3"}},
+      {"neighbours share a row",
+       {0, 4, 10, 20},
+       {5, 3, 10, 8},
+       {"local experts 0 and 1", "overlap"}},
+      {"one inside another", {0, 2, 12, 20}, {10, 3, 6, 8}, {"local experts 0 and 1", "overlap"}},
+      {"out of order, sharing rows",
+       {25, 8, 0, 5},
+       {8, 0, 10, 2},
+       {"local experts 2 and 3", "overlap"}},
+      {"the same range twice", {3, 20, 3, 30}, {4, 5, 4, 1}, {"local experts 0 and 2", "overlap"}},
+  };
+  for (const RangeCase& c : cases) {
+    SCOPED_TRACE(c.what);
+    Buffer intermediate = Buffer::poisoned(DType::f32, kRows * kInter);
+    Buffer out = Buffer::poisoned(DType::f32, kRows * kHidden);
+    const std::vector<uint8_t> untouched = out.bytes();
+    ExpertArgs args;
+    args.permuted_in = TensorView::contiguous(in.data(), DType::f32, {kRows, kHidden});
+    args.expert_offsets = TensorView::contiguous(c.offsets.data(), DType::i32, {kLocal});
+    args.expert_counts = TensorView::contiguous(c.counts.data(), DType::i32, {kLocal});
+    args.w13 = TensorView::contiguous(w13.data(), DType::f32, {kLocal, 2 * kInter, kHidden});
+    args.w2 = TensorView::contiguous(w2.data(), DType::f32, {kLocal, kHidden, kInter});
+    args.intermediate = TensorView::contiguous(intermediate.data(), DType::f32, {kRows, kInter});
+    args.permuted_out = TensorView::contiguous(out.data(), DType::f32, {kRows, kHidden});
+    ThreadPool pool(3);
+    if (c.names.empty()) {
+      EXPECT_NO_THROW(experts(args, Stream::cpu(&pool)));
+      EXPECT_NE(out.bytes(), untouched);
+    } else {
+      expect_error_naming([&] { experts(args, Stream::cpu(&pool)); }, c.names, c.what);
+      EXPECT_EQ(out.bytes(), untouched) << "a refused call wrote rows";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ironmoe::test
