@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "test_util.h"
@@ -31,21 +30,27 @@ int32_t hostile_index(Rng& rng, int64_t n) {
   }
 }
 
-uint32_t bits_of(const Buffer& buffer, int64_t i) {
-  uint32_t bits = 0;
-  const size_t size = dtype_size(buffer.dtype());
-  std::memcpy(&bits, static_cast<const uint8_t*>(buffer.data()) + static_cast<size_t>(i) * size,
-              size);
-  return bits;
+// The sizes of one gather or combine round.
+struct MapShape {
+  DType dtype;
+  int64_t tokens, hidden, k, rows;
+};
+
+MapShape draw_shape(Rng& rng) {
+  MapShape m{};
+  m.dtype = rng.chance(0.5) ? DType::f32 : DType::bf16;
+  m.tokens = rng.integer(0, 20);
+  m.hidden = rng.integer(1, 40);
+  m.k = rng.integer(1, 6);
+  m.rows = rng.integer(0, 60);
+  return m;
 }
 
 TEST(StageFuzz, GatherCopiesExactlyTheRowsWithASlot) {
   Rng rng = Rng::for_current_test();
   ThreadPool pool(2);
   for (int round = 0; round < kRounds; ++round) {
-    const DType dtype = rng.chance(0.5) ? DType::f32 : DType::bf16;
-    const int64_t tokens = rng.integer(0, 20), hidden = rng.integer(1, 40), k = rng.integer(1, 6);
-    const int64_t rows = rng.integer(0, 60);
+    const auto [dtype, tokens, hidden, k, rows] = draw_shape(rng);
     SCOPED_TRACE("round " + std::to_string(round));
     const Buffer x = Buffer::from(dtype, rng.nonzero_vector(tokens * hidden, 1.0f));
     std::vector<int32_t> row_to_slot(static_cast<size_t>(rows));
@@ -62,8 +67,8 @@ TEST(StageFuzz, GatherCopiesExactlyTheRowsWithASlot) {
       const int64_t slot = row_to_slot[static_cast<size_t>(r)];
       const bool used = slot >= 0 && slot < tokens * k;
       for (int64_t c = 0; c < hidden; ++c) {
-        ASSERT_EQ(bits_of(permuted, r * hidden + c),
-                  used ? bits_of(x, slot / k * hidden + c) : bits_of(poison, 0))
+        ASSERT_EQ(storage_bits(permuted, r * hidden + c),
+                  used ? storage_bits(x, slot / k * hidden + c) : storage_bits(poison, 0))
             << "row " << r << " (slot " << slot << ") column " << c;
       }
     }
@@ -74,9 +79,7 @@ TEST(StageFuzz, CombineSkipsEveryRowThatIsNotOne) {
   Rng rng = Rng::for_current_test();
   ThreadPool pool(2);
   for (int round = 0; round < kRounds; ++round) {
-    const DType dtype = rng.chance(0.5) ? DType::f32 : DType::bf16;
-    const int64_t tokens = rng.integer(0, 20), hidden = rng.integer(1, 40), k = rng.integer(1, 6);
-    const int64_t rows = rng.integer(0, 60);
+    const auto [dtype, tokens, hidden, k, rows] = draw_shape(rng);
     SCOPED_TRACE("round " + std::to_string(round));
     const Buffer y = Buffer::from(dtype, rng.nonzero_vector(rows * hidden, 1.0f));
     std::vector<int32_t> slot_to_row(static_cast<size_t>(tokens * k));
@@ -153,20 +156,15 @@ TEST(StageFuzz, ExpertsRefuseBadRangesOrWriteExactlyTheirRows) {
     Buffer intermediate = Buffer::poisoned(DType::f32, rows * inter);
     Buffer out = Buffer::poisoned(DType::f32, rows * hidden);
     const Buffer poison = Buffer::poisoned(DType::f32, 1);
-    ExpertArgs args;
-    args.permuted_in = TensorView::contiguous(in.data(), DType::f32, {rows, hidden});
-    args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {local});
-    args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {local});
-    args.w13 = TensorView::contiguous(w13.data(), DType::f32, {local, 2 * inter, hidden});
-    args.w2 = TensorView::contiguous(w2.data(), DType::f32, {local, hidden, inter});
-    args.intermediate = TensorView::contiguous(intermediate.data(), DType::f32, {rows, inter});
-    args.permuted_out = TensorView::contiguous(out.data(), DType::f32, {rows, hidden});
+    const ExpertArgs args =
+        expert_stage_args(in, offsets, counts, w13, w2, intermediate, out, hidden, inter);
     try {
       experts(args, Stream::cpu(&pool));
     } catch (const Error&) {
       ++refused;
       for (int64_t i = 0; i < rows * hidden; ++i)
-        ASSERT_EQ(bits_of(out, i), bits_of(poison, 0)) << "a refused call wrote element " << i;
+        ASSERT_EQ(storage_bits(out, i), storage_bits(poison, 0))
+            << "a refused call wrote element " << i;
       continue;
     }
     ++computed;
@@ -183,7 +181,7 @@ TEST(StageFuzz, ExpertsRefuseBadRangesOrWriteExactlyTheirRows) {
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < hidden; ++c) {
-        const bool poisoned = bits_of(out, r * hidden + c) == bits_of(poison, 0);
+        const bool poisoned = storage_bits(out, r * hidden + c) == storage_bits(poison, 0);
         ASSERT_EQ(poisoned, !inside[static_cast<size_t>(r)])
             << "row " << r << " column " << c
             << (poisoned ? ": a row inside a range was not written"

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 
 #include "reference_moe.h"
 #include "test_util.h"
@@ -21,15 +20,6 @@ std::string dtype_param_name(const ::testing::TestParamInfo<DType>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, Stage, ::testing::Values(DType::f32, DType::bf16),
                          dtype_param_name);
-
-// Element i of a buffer's storage as raw bits (2 or 4 bytes).
-uint32_t bits_at(const Buffer& buffer, int64_t i) {
-  uint32_t bits = 0;
-  const size_t size = dtype_size(buffer.dtype());
-  std::memcpy(&bits, static_cast<const uint8_t*>(buffer.data()) + i * static_cast<int64_t>(size),
-              size);
-  return bits;
-}
 
 TEST_P(Stage, GatherCopiesUsedRowsAndLeavesUnusedRowsAlone) {
   Rng rng = Rng::for_current_test();
@@ -53,8 +43,9 @@ TEST_P(Stage, GatherCopiesUsedRowsAndLeavesUnusedRowsAlone) {
   for (int64_t r = 0; r < kRows; ++r)
     for (int64_t c = 0; c < kHidden; ++c) {
       const int32_t slot = row_to_slot[r];
-      const uint32_t want = slot < 0 ? bits_at(poison, 0) : bits_at(x, slot / kTopK * kStride + c);
-      ASSERT_EQ(bits_at(permuted, r * kHidden + c), want)
+      const uint32_t want =
+          slot < 0 ? storage_bits(poison, 0) : storage_bits(x, slot / kTopK * kStride + c);
+      ASSERT_EQ(storage_bits(permuted, r * kHidden + c), want)
           << "permuted row " << r << " column " << c << " (slot " << slot
           << "): " << (slot < 0 ? "an unused row was written" : "not a copy of token slot / k");
     }
@@ -76,15 +67,9 @@ TEST_P(Stage, ExpertsComputeOnlyRowsInsideExpertRanges) {
   Buffer intermediate = Buffer::poisoned(dtype, rows * inter);
   Buffer out = Buffer::poisoned(dtype, rows * hidden);
 
-  ExpertArgs args;
-  args.permuted_in = TensorView::contiguous(in.data(), dtype, {rows, hidden});
-  args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {local});
-  args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {local});
-  args.w13 = TensorView::contiguous(w13.data(), dtype, {local, 2 * inter, hidden});
-  args.w2 = TensorView::contiguous(w2.data(), dtype, {local, hidden, inter});
+  ExpertArgs args =
+      expert_stage_args(in, offsets, counts, w13, w2, intermediate, out, hidden, inter);
   args.activation = config.activation;
-  args.intermediate = TensorView::contiguous(intermediate.data(), dtype, {rows, inter});
-  args.permuted_out = TensorView::contiguous(out.data(), dtype, {rows, hidden});
   ThreadPool pool(3);
   experts(args, Stream::cpu(&pool));
 
@@ -106,7 +91,7 @@ TEST_P(Stage, ExpertsComputeOnlyRowsInsideExpertRanges) {
   for (int64_t r = 0; r < rows; ++r) {
     if (expert_of_row[r] < 0) {
       for (int64_t c = 0; c < hidden; ++c)
-        ASSERT_EQ(bits_at(out, r * hidden + c), bits_at(poison, 0))
+        ASSERT_EQ(storage_bits(out, r * hidden + c), storage_bits(poison, 0))
             << "row " << r << " lies outside every expert's range but was written";
       continue;
     }
@@ -161,7 +146,7 @@ TEST_P(Stage, CombineSumsSlotsSkipsMissingRowsAndZeroesPadding) {
                                                << "; " << describe_worst(ref, row, kHidden);
     }
     for (int64_t c = kHidden; c < kStride; ++c)
-      ASSERT_EQ(bits_at(out, t * kStride + c), bits_at(poison, 0))
+      ASSERT_EQ(storage_bits(out, t * kStride + c), storage_bits(poison, 0))
           << "token " << t << ": combine wrote into the row padding at column " << c;
   }
 }
@@ -205,14 +190,8 @@ TEST(StageRanges, RangesOutsideTheRowsOrSharingARowAreRefused) {
     Buffer intermediate = Buffer::poisoned(DType::f32, kRows * kInter);
     Buffer out = Buffer::poisoned(DType::f32, kRows * kHidden);
     const std::vector<uint8_t> untouched = out.bytes();
-    ExpertArgs args;
-    args.permuted_in = TensorView::contiguous(in.data(), DType::f32, {kRows, kHidden});
-    args.expert_offsets = TensorView::contiguous(c.offsets.data(), DType::i32, {kLocal});
-    args.expert_counts = TensorView::contiguous(c.counts.data(), DType::i32, {kLocal});
-    args.w13 = TensorView::contiguous(w13.data(), DType::f32, {kLocal, 2 * kInter, kHidden});
-    args.w2 = TensorView::contiguous(w2.data(), DType::f32, {kLocal, kHidden, kInter});
-    args.intermediate = TensorView::contiguous(intermediate.data(), DType::f32, {kRows, kInter});
-    args.permuted_out = TensorView::contiguous(out.data(), DType::f32, {kRows, kHidden});
+    const ExpertArgs args =
+        expert_stage_args(in, c.offsets, c.counts, w13, w2, intermediate, out, kHidden, kInter);
     ThreadPool pool(3);
     if (c.names.empty()) {
       EXPECT_NO_THROW(experts(args, Stream::cpu(&pool)));

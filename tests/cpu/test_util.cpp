@@ -99,6 +99,33 @@ AlignedBuffer::AlignedBuffer(size_t bytes, size_t misalign) : bytes_(bytes) {
   std::memset(data_, 0xA5, bytes);
 }
 
+uint32_t storage_bits(const Buffer& buffer, int64_t i) {
+  uint32_t bits = 0;
+  const size_t size = dtype_size(buffer.dtype());
+  std::memcpy(&bits, static_cast<const uint8_t*>(buffer.data()) + static_cast<size_t>(i) * size,
+              size);
+  return bits;
+}
+
+ExpertArgs expert_stage_args(const Buffer& in, const std::vector<int32_t>& offsets,
+                             const std::vector<int32_t>& counts, const Buffer& w13,
+                             const Buffer& w2, Buffer& intermediate, Buffer& out, int64_t hidden,
+                             int64_t intermediate_size) {
+  const DType dtype = in.dtype();
+  const int64_t rows = in.size() / hidden;
+  const auto local = static_cast<int64_t>(offsets.size());
+  const int64_t inter = intermediate_size;
+  ExpertArgs args;
+  args.permuted_in = TensorView::contiguous(in.data(), dtype, {rows, hidden});
+  args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {local});
+  args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {local});
+  args.w13 = TensorView::contiguous(w13.data(), dtype, {local, 2 * inter, hidden});
+  args.w2 = TensorView::contiguous(w2.data(), dtype, {local, hidden, inter});
+  args.intermediate = TensorView::contiguous(intermediate.data(), dtype, {rows, inter});
+  args.permuted_out = TensorView::contiguous(out.data(), dtype, {rows, hidden});
+  return args;
+}
+
 MoeConfig small_config(int64_t num_experts, int64_t top_k, int64_t max_tokens, DType dtype) {
   MoeConfig config;
   config.hidden = 32;

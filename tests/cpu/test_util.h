@@ -138,6 +138,16 @@ std::string describe_worst(const std::vector<double>& ref, const std::vector<flo
 void expect_error_naming(const std::function<void()>& f, const std::vector<std::string>& names,
                          const std::string& what);
 
+// Element i of a buffer's storage as raw bits (2 or 4 bytes), for bitwise comparisons.
+uint32_t storage_bits(const Buffer& buffer, int64_t i);
+
+// The experts stage over host buffers: rows = in.size() / hidden, E_local = offsets.size()
+// (offsets given without the trailing total), dtype that of `in`.
+ExpertArgs expert_stage_args(const Buffer& in, const std::vector<int32_t>& offsets,
+                             const std::vector<int32_t>& counts, const Buffer& w13,
+                             const Buffer& w2, Buffer& intermediate, Buffer& out, int64_t hidden,
+                             int64_t intermediate_size);
+
 // A small valid config for contract tests (f32 unless told otherwise).
 MoeConfig small_config(int64_t num_experts, int64_t top_k, int64_t max_tokens,
                        DType dtype = DType::f32);
