@@ -4,13 +4,16 @@
 // per warp, K strides loaded before use, blocks per SM, and the cost of the per-block expert
 // list): each variant runs 16 times in a CUDA graph over 16 disjoint sets of 8 experts (800 MB,
 // so nothing stays in L2), median of 20 replays. docs/performance.md has the H100 results.
-// The bulk_read variants (added 2026-12-02, not yet run) read the same bytes with the copy engine
-// instead: one thread per block issues cp.async.bulk copies of contiguous chunks into a ring of
-// shared-memory stages, completing on mbarriers, and the block's threads consume each stage from
-// shared memory. A weight row range of one expert is contiguous, so a decode kernel could fetch
-// its rows this way with few threads busy on loads; this measures whether that beats 16-byte
-// loads per lane (2.2 TB/s for gate/up at T = 1 on an H100, 2.1 TB/s for the FP8 kernels on an
-// H200's 4.26 TB/s copy rate).
+// The bulk_read variants read the same bytes with the copy engine instead: one thread per block
+// issues cp.async.bulk copies of contiguous chunks into a ring of shared-memory stages, completing
+// on mbarriers, and the block's threads consume each stage from shared memory; bulk_gate_up
+// computes gate/up that way. Measured on an H200 (2026-12-02, 4.23 TB/s copy rate): plain 16-byte
+// loads read the 48 MiB at 3.75 TB/s (13.4 us a call), the best register-streaming gate/up (1
+// column, 4 K strides in flight, 3 blocks per SM) at 3.73 TB/s (13.5 us), every bulk_read shape
+// at 3.67-3.78 TB/s (13.3-13.7 us): the copy engine reads no faster. bulk_gate_up ran at 1.6-2.6
+// TB/s (19-32 us), its warps waiting on each stage in turn. So weight streaming stays on
+// per-lane loads, which already reach the read ceiling in this setting (16 back-to-back calls in
+// one graph); what the layer loses at T = 1 lies outside the stream itself.
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/weight_stream_ceiling.cu \
 //     -o weight_stream_ceiling && ./weight_stream_ceiling
@@ -154,6 +157,69 @@ __global__ void bulk_read(const char* p, size_t per_block, float* out) {
   if (acc == 0x12345u) out[0] = 1.0f;
 }
 
+
+// gate/up (one token row) on bulk copies: block (blockIdx.x, blockIdx.y) owns kPairs * kChunks
+// output columns of expert experts[blockIdx.y]; each stage holds the kPairs gate rows and the
+// kPairs up rows of one chunk (two contiguous copies of kPairs * H elements). The 2 * kPairs rows
+// of a stage are split over the 8 warps: kWarpsPerRow warps per row, each over H / kWarpsPerRow.
+template <int kPairs, int kStages, int kChunks>
+__global__ void __launch_bounds__(256) bulk_gate_up(const int* experts, const T* x, const T* w13, T* h) {
+  constexpr int kRows = 2 * kPairs;
+  static_assert(8 % kRows == 0 || kRows % 8 == 0, "rows per stage vs warps");
+  constexpr int kWarpsPerRow = kRows >= 8 ? 1 : 8 / kRows;
+  constexpr int kRowsPerWarp = kRows >= 8 ? kRows / 8 : 1;
+  constexpr int kSegment = H / kWarpsPerRow;          // elements of a row per warp
+  constexpr int kPerLane = kSegment / 32 / 8;         // uint4 per lane per row
+  constexpr unsigned kHalfBytes = kPairs * H * sizeof(T);
+  constexpr unsigned kStageBytes = 2 * kHalfBytes;
+  extern __shared__ __align__(128) char stage[];
+  __shared__ __align__(8) uint64_t full[kStages];
+  __shared__ float part[kRows][kWarpsPerRow];
+  const int e = experts[blockIdx.y];
+  const int first = blockIdx.x * kPairs * kChunks;
+  const T* gate = w13 + (size_t)e * 2 * I * H + (size_t)first * H;
+  const T* up = gate + (size_t)I * H;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) bar_init(&full[s], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  auto issue = [&](int c, int s) {
+    bar_expect(&full[s], kStageBytes);
+    bulk_copy(stage + s * kStageBytes, gate + (size_t)c * kPairs * H, kHalfBytes, &full[s]);
+    bulk_copy(stage + s * kStageBytes + kHalfBytes, up + (size_t)c * kPairs * H, kHalfBytes, &full[s]);
+  };
+  if (threadIdx.x == 0)
+    for (int s = 0; s < kStages && s < kChunks; ++s) issue(s, s);
+  const int seg = kWarpsPerRow > 1 ? warp % kWarpsPerRow : 0;
+  uint4 xr[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) xr[i] = load16(x + seg * kSegment + (i * 32 + lane) * 8);
+  for (int c = 0; c < kChunks; ++c) {
+    const int s = c % kStages;
+    bar_wait(&full[s], (c / kStages) & 1);
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const int row = kWarpsPerRow > 1 ? warp / kWarpsPerRow : warp * kRowsPerWarp + j;
+      const uint4* w = reinterpret_cast<const uint4*>(stage + s * kStageBytes) + (size_t)row * (H / 8) + seg * (kSegment / 8);
+      float acc = 0;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) acc = dot8(acc, w[i * 32 + lane], xr[i]);
+      acc = warp_sum(acc);
+      if (lane == 0) part[row][seg] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && c + kStages < kChunks) issue(c + kStages, s);
+    if (threadIdx.x < kPairs) {
+      float g = 0, u = 0;
+      for (int q = 0; q < kWarpsPerRow; ++q) { g += part[threadIdx.x][q]; u += part[kPairs + threadIdx.x][q]; }
+      h[blockIdx.y * I + first + c * kPairs + threadIdx.x] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+    }
+    __syncthreads();
+  }
+}
+
 int main() {
   T *w13, *x, *h; int *experts, *offsets; float* out;
   size_t wbytes = (size_t)E * 2 * I * H * sizeof(T);
@@ -210,5 +276,15 @@ int main() {
   BULK(384, 16384, 4, 256);
   BULK(384, 8192, 4, 128);
   BULK(768, 8192, 4, 128);
+#define BGU(P, S, C)                                                                               \
+  {                                                                                                \
+    auto kernel = bulk_gate_up<P, S, C>;                                                           \
+    constexpr int smem = 2 * P * H * 2 * S;                                                        \
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);               \
+    time("bulk gate/up: " #P " pairs x " #S " stages, " #C " chunks", [&](const int* ex) {         \
+      kernel<<<dim3(I / (P * C), 8), 256, smem, st>>>(ex, x, w13, h);                              \
+    });                                                                                            \
+  }
+  BGU(4, 4, 12); BGU(4, 3, 6); BGU(4, 2, 6); BGU(2, 4, 12); BGU(2, 3, 6); BGU(2, 6, 6); BGU(1, 8, 12); BGU(1, 6, 8); BGU(8, 2, 6); BGU(4, 3, 4);
   return 0;
 }
