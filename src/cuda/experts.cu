@@ -76,10 +76,11 @@ bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
 constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";
 
 ExpertKernel choose_path(ExpertKernel requested, bool sm90_ok, bool stream_ok, int64_t rows_total,
-                         int64_t local_experts, int64_t hidden) {
+                         int64_t local_experts, int64_t hidden, bool fast_memory) {
   switch (requested) {
     case ExpertKernel::automatic:
-      if (stream_ok && gemm::weight_stream_preferred(rows_total, local_experts, hidden)) {
+      if (stream_ok &&
+          gemm::weight_stream_preferred(rows_total, local_experts, hidden, fast_memory)) {
         return ExpertKernel::weight_stream;
       }
       return sm90_ok ? ExpertKernel::grouped_gemm : ExpertKernel::cuda_cores;
@@ -202,7 +203,9 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   const bool sm90_ok = hopper_shapes && is_sm90(device_index) && gemm::sm90_bf16_supports(gemm1) &&
                        gemm::sm90_bf16_supports(gemm2);
   const bool stream_ok = gemm::weight_stream_supports(streamed, local_experts);
-  switch (choose_path(args.kernel, sm90_ok, stream_ok, rows_total, local_experts, hidden)) {
+  const bool fast_memory = peak_memory_bandwidth(device_index) >= gemm::kFastMemoryBandwidth;
+  switch (choose_path(args.kernel, sm90_ok, stream_ok, rows_total, local_experts, hidden,
+                      fast_memory)) {
     case ExpertKernel::weight_stream: gemm::weight_stream_experts(rows, streamed, stream); return;
     case ExpertKernel::cuda_cores: run_simt(rows, args, hidden, intermediate, stream); return;
     default: break;  // grouped_gemm, below

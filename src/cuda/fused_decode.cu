@@ -27,6 +27,7 @@
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm/weight_stream.cuh"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/launch.cuh"
@@ -245,7 +246,9 @@ std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerSt
   p.ops = streamed_operands(s);
   if (!gemm::weight_stream_supports(p.ops, local_experts)) return std::nullopt;
   if (config.expert_kernel == ExpertKernel::automatic &&
-      !gemm::weight_stream_preferred(slots, local_experts, config.hidden)) {
+      !gemm::weight_stream_preferred(
+          slots, local_experts, config.hidden,
+          peak_memory_bandwidth(s.gather.x.device.index) >= gemm::kFastMemoryBandwidth)) {
     return std::nullopt;
   }
   p.topk_ids = s.plan.topk_ids.ptr<const int32_t>();

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cuda/cuda_backend.h"
+#include "cuda/device_info.h"
 #include "cuda_test_util.h"
 
 namespace ironmoe::cuda_test {
@@ -235,9 +236,13 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
                                        {workspace.data(), workspace.bytes()}, gpu());
     const int64_t slots = tokens * config.top_k;
     const int64_t local = config.num_local_experts();
-    const bool streamed =
-        c.kernel == ExpertKernel::weight_stream ||
-        (c.kernel == ExpertKernel::automatic && slots <= 16 && 4 * slots <= local);
+    // The measured crossover of gemm/weight_stream.h: H100-class memory streams up to 16 rows at
+    // one per four local experts, H200-class (>= 4 TB/s peak) up to 256 at one per two.
+    const bool fast_memory = cuda::peak_memory_bandwidth(0) >= 4.0e12;
+    const bool preferred = fast_memory ? slots <= 256 && 2 * slots <= local
+                                       : slots <= 16 && 4 * slots <= local;
+    const bool streamed = c.kernel == ExpertKernel::weight_stream ||
+                          (c.kernel == ExpertKernel::automatic && preferred);
     EXPECT_EQ(cuda::fused_decode_applies(config, s),
               slots <= cuda::kFusedDecodeMaxSlots && streamed)
         << "T = " << tokens;

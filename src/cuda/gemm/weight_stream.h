@@ -43,13 +43,23 @@ struct WeightStreamArgs {
 inline constexpr int64_t kWeightStreamMaxExperts = 8192;
 bool weight_stream_supports(const WeightStreamArgs& args, int64_t local_experts);
 
-// Where the weight-streaming kernels beat the grouped GEMM, measured on an H100 (2026-11-24,
-// ironmoe-bench --expert-kernel grouped_gemm vs weight_stream, docs/performance.md): at T = 1
-// (R = k rows) for H = 2048 and 4096 by 22-31%; at T = 4 they tie or lose (qwen3-30b-a3b -3%,
-// qwen3-next-80b-a3b +9%, mixtral-8x7b +9%), and deepseek-v3 (H = 7168) loses 4% even at T = 1.
-// So: at most 16 rows, at most one row per four local experts on average, H <= 4096.
-inline bool weight_stream_preferred(int64_t rows_total, int64_t local_experts, int64_t hidden) {
-  return rows_total <= 16 && 4 * rows_total <= local_experts && hidden <= 4096;
+// Where the weight-streaming kernels beat the grouped GEMM (ironmoe-bench --expert-kernel
+// grouped_gemm vs weight_stream, docs/performance.md). The crossover moves with the memory:
+//  - H100 (3.35 TB/s peak, 2026-11-24): at T = 1 (R = k rows) for H = 2048 and 4096 by 22-31%; at
+//    T = 4 they tie or lose (qwen3-30b-a3b -3%, qwen3-next-80b-a3b +9%, mixtral-8x7b +9%), and
+//    deepseek-v3 (H = 7168) loses 4% even at T = 1. So: at most 16 rows, at most one row per four
+//    local experts on average, H <= 4096.
+//  - H200 (4.8 TB/s peak, 2026-12-02): streaming is 28% and 17% faster on qwen3-30b-a3b at T = 4
+//    and 8 (32 and 64 rows over 128 experts), 20%, 11% and 5% on qwen3-next-80b-a3b at T = 4, 8 and
+//    16 (up to 160 rows over 512); ties at 128 rows over 128 experts and loses from 320 rows over
+//    512 on. So: at most one row per two local experts on average, at most 256 rows, H <= 4096.
+// fast_memory: the device's peak bandwidth is at least kFastMemoryBandwidth.
+inline constexpr double kFastMemoryBandwidth = 4.0e12;
+inline bool weight_stream_preferred(int64_t rows_total, int64_t local_experts, int64_t hidden,
+                                    bool fast_memory) {
+  if (hidden > 4096) return false;
+  if (fast_memory) return rows_total <= 256 && 2 * rows_total <= local_experts;
+  return rows_total <= 16 && 4 * rows_total <= local_experts;
 }
 
 void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args,
