@@ -19,6 +19,13 @@
 
 namespace ironmoe {
 
+// The parts of the stage one call runs. gate_up: GEMM1 and the activation only, writing h (for
+// FP8 experts, h lives in the scratch) and not permuted_out; down: GEMM2 only, reading h as the
+// last gate_up call with the same arguments and scratch left it. Calling gate_up then down gives
+// the same bits as all. For profiling (ironmoe-bench --breakdown times GEMM1 and GEMM2 apart);
+// a down call without that gate_up call reads whatever h holds.
+enum class ExpertPhase : uint8_t { all, gate_up, down };
+
 struct ExpertArgs {
   TensorView permuted_in;     // [R, H]
   TensorView expert_offsets;  // [E_local] or [E_local + 1] i32 (only the first E_local are read)
@@ -27,8 +34,9 @@ struct ExpertArgs {
   TensorView w2;              // [E_local, H, I], contiguous
   Activation activation = Activation::silu_and_mul;
   ExpertKernel kernel = ExpertKernel::automatic;  // CUDA only (types.h)
-  TensorView intermediate;    // scratch [R, I], same dtype
-  TensorView permuted_out;    // out [R, H], same dtype
+  ExpertPhase phase = ExpertPhase::all;
+  TensorView intermediate;  // scratch [R, I], same dtype
+  TensorView permuted_out;  // out [R, H], same dtype
   // FP8 experts: the scheme, weight scales (f32, contiguous) and, for fp8_tensor only, optional
   // static activation scales (f32 [1] each; absent: dynamic, computed from the stage's rows).
   //   fp8_tensor   w13_scale [E_local]          w2_scale [E_local]

@@ -76,6 +76,9 @@ void experts(const ExpertArgs& args, const Stream& stream) {
                     args.activation == Activation::gelu_and_mul,
                 where, "activation: expected silu_and_mul or gelu_and_mul, got ",
                 static_cast<int>(args.activation));
+  IRONMOE_CHECK(args.phase == ExpertPhase::all || args.phase == ExpertPhase::gate_up ||
+                    args.phase == ExpertPhase::down,
+                where, "phase: expected all, gate_up or down, got ", static_cast<int>(args.phase));
   check_tensor(where, "intermediate", args.intermediate, {dtype, {rows, intermediate}}, device);
   check_tensor(where, "permuted_out", args.permuted_out, {dtype, {rows, hidden}}, device);
   api::check_scratch(where, args.scratch, args.scratch_bytes,

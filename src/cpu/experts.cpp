@@ -25,22 +25,26 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
   auto* y = static_cast<Storage*>(args.permuted_out.data);
 
   // GEMM1 + activation: h = act(x w_gate^T) * (x w_up^T), rounded to the storage dtype.
-  gate_up_pass(
-      problem, inter, hidden, PlainRows<Storage>{x, hidden},
-      [&](int64_t e) {
-        return PlainRows<Storage>{w13 + e * 2 * inter * hidden, hidden};
-      },
-      [&](int64_t row, int64_t n, float gate, float up) {
-        store(h + row * inter, n, activate(args.activation, gate) * up);
-      },
-      threads);
+  if (args.phase != ExpertPhase::down) {
+    gate_up_pass(
+        problem, inter, hidden, PlainRows<Storage>{x, hidden},
+        [&](int64_t e) {
+          return PlainRows<Storage>{w13 + e * 2 * inter * hidden, hidden};
+        },
+        [&](int64_t row, int64_t n, float gate, float up) {
+          store(h + row * inter, n, activate(args.activation, gate) * up);
+        },
+        threads);
+  }
   // GEMM2: y = h w2^T, rounded to the storage dtype.
-  down_pass(
-      problem, hidden, inter, PlainRows<Storage>{h, inter},
-      [&](int64_t e) {
-        return PlainRows<Storage>{w2 + e * hidden * inter, inter};
-      },
-      [&](int64_t row, int64_t n, float value) { store(y + row * hidden, n, value); }, threads);
+  if (args.phase != ExpertPhase::gate_up) {
+    down_pass(
+        problem, hidden, inter, PlainRows<Storage>{h, inter},
+        [&](int64_t e) {
+          return PlainRows<Storage>{w2 + e * hidden * inter, inter};
+        },
+        [&](int64_t row, int64_t n, float value) { store(y + row * hidden, n, value); }, threads);
+  }
 }
 
 // The row ranges are device-side data, but on the CPU they can be checked before any access:

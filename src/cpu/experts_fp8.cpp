@@ -126,23 +126,26 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
   auto* y = static_cast<Storage*>(args.permuted_out.data);
   const float* values = fp8_values().data();
 
-  // 1. GEMM1 input.
-  quantize_rows(
-      quant, problem, hidden, args.w13_input_scale,
-      [&](int64_t r, int64_t c) { return load(x + r * hidden, c); }, a_codes, a_scales,
-      &tensor_scales[0], threads);
-  const Fp8Rows a{a_codes, hidden,
-                  core::fp8_activation_scale_map(quant, a_scales, &tensor_scales[0], hidden),
-                  values};
+  if (args.phase != ExpertPhase::down) {
+    // 1. GEMM1 input.
+    quantize_rows(
+        quant, problem, hidden, args.w13_input_scale,
+        [&](int64_t r, int64_t c) { return load(x + r * hidden, c); }, a_codes, a_scales,
+        &tensor_scales[0], threads);
+    const Fp8Rows a{a_codes, hidden,
+                    core::fp8_activation_scale_map(quant, a_scales, &tensor_scales[0], hidden),
+                    values};
 
-  // 2. GEMM1 + activation, kept in fp32.
-  gate_up_pass(
-      problem, inter, hidden, a,
-      [&](int64_t e) { return expert_weights(quant, w13, w13_scale, e, 2 * inter, hidden); },
-      [&](int64_t row, int64_t n, float gate, float up) {
-        h_values[row * inter + n] = activate(args.activation, gate) * up;
-      },
-      threads);
+    // 2. GEMM1 + activation, kept in fp32.
+    gate_up_pass(
+        problem, inter, hidden, a,
+        [&](int64_t e) { return expert_weights(quant, w13, w13_scale, e, 2 * inter, hidden); },
+        [&](int64_t row, int64_t n, float gate, float up) {
+          h_values[row * inter + n] = activate(args.activation, gate) * up;
+        },
+        threads);
+  }
+  if (args.phase == ExpertPhase::gate_up) return;
 
   // 3. GEMM2 input, from fp32.
   quantize_rows(

@@ -113,7 +113,8 @@ void run_simt(const gemm::ExpertRows& rows, const ExpertArgs& args, int64_t hidd
   gemm1.dtype = args.permuted_in.dtype;
   gemm1.gated = true;
   gemm1.activation = args.activation;
-  gemm::grouped_gemm_simt(rows, gemm1, stream);
+  if (args.phase != ExpertPhase::down) gemm::grouped_gemm_simt(rows, gemm1, stream);
+  if (args.phase == ExpertPhase::gate_up) return;
 
   gemm::SimtGemmArgs gemm2;
   gemm2.a = args.intermediate.data;
@@ -206,7 +207,9 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   const bool fast_memory = peak_memory_bandwidth(device_index) >= gemm::kFastMemoryBandwidth;
   switch (choose_path(args.kernel, sm90_ok, stream_ok, rows_total, local_experts, hidden,
                       fast_memory)) {
-    case ExpertKernel::weight_stream: gemm::weight_stream_experts(rows, streamed, stream); return;
+    case ExpertKernel::weight_stream:
+      gemm::weight_stream_experts(rows, streamed, args.phase, stream);
+      return;
     case ExpertKernel::cuda_cores: run_simt(rows, args, hidden, intermediate, stream); return;
     default: break;  // grouped_gemm, below
   }
@@ -217,19 +220,20 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   const gemm::Sm90GemmOperands operands[2] = {gemm1, gemm2};
   gemm::sm90_bf16_write_problem_lists(rows, operands, lists, 2, scratch + layout.workspace,
                                       layout.workspace_bytes, stream);
-  gemm::sm90_bf16_grouped_gemm(local_experts, lists[0], scratch + layout.workspace, device_index,
-                               sms, stream);
-
-  gemm::GatedActivationArgs activation;
-  activation.gate_up = gemm1.d;
-  activation.gate_up_stride = gemm1.d_stride;
-  activation.out = args.intermediate.data;
-  activation.out_stride = args.intermediate.strides[0];
-  activation.intermediate = intermediate;
-  activation.dtype = dtype;
-  activation.activation = args.activation;
-  gemm::gated_activation(rows, activation, stream);
-
+  if (args.phase != ExpertPhase::down) {
+    gemm::sm90_bf16_grouped_gemm(local_experts, lists[0], scratch + layout.workspace, device_index,
+                                 sms, stream);
+    gemm::GatedActivationArgs activation;
+    activation.gate_up = gemm1.d;
+    activation.gate_up_stride = gemm1.d_stride;
+    activation.out = args.intermediate.data;
+    activation.out_stride = args.intermediate.strides[0];
+    activation.intermediate = intermediate;
+    activation.dtype = dtype;
+    activation.activation = args.activation;
+    gemm::gated_activation(rows, activation, stream);
+  }
+  if (args.phase == ExpertPhase::gate_up) return;
   gemm::sm90_bf16_grouped_gemm(local_experts, lists[1], scratch + layout.workspace, device_index,
                                sms, stream);
 }

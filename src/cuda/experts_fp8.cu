@@ -151,6 +151,28 @@ Fp8Buffers carve(char* scratch, const core::Fp8Scratch& layout) {
           reinterpret_cast<float*>(scratch + layout.tensor_scales)};
 }
 
+// GEMM1 with the activation on the non-Hopper paths: fp32 h from the quantised input rows.
+gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers,
+                               const float* a_tensor_scale) {
+  const int64_t hidden = args.permuted_in.size(1);
+  const int64_t inter = args.w13.size(1) / 2;
+  gemm::Fp8GemmArgs gemm1;
+  gemm1.a = buffers.a_codes;
+  gemm1.a_scales =
+      core::fp8_activation_scale_map(args.quant, buffers.a_scales, a_tensor_scale, hidden);
+  gemm1.w = static_cast<const uint8_t*>(args.w13.data);
+  gemm1.w_scales = args.w13_scale.ptr<const float>();
+  gemm1.quant = args.quant;
+  gemm1.out = buffers.h_values;
+  gemm1.out_stride = inter;
+  gemm1.out_dtype = DType::f32;
+  gemm1.n = inter;
+  gemm1.k = hidden;
+  gemm1.gated = true;
+  gemm1.activation = args.activation;
+  return gemm1;
+}
+
 void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scratch,
                 const HopperScratch& layout, const gemm::Sm90Fp8GemmOperands* gemms,
                 int device_index, int sms, cudaStream_t stream) {
@@ -163,32 +185,39 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scra
   const int64_t hidden = args.permuted_in.size(1);
   const int64_t inter = args.w13.size(1) / 2;
 
-  // 1. GEMM1's input, its scales in the GEMM's layout (fp8_tensor: times w13's expert scale).
-  const Fp8RowSource x{args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0],
-                       hidden};
-  quantize_input(rows, x, quant, args.w13_input_scale.ptr<const float>(), &tensor_scales[0],
-                 reinterpret_cast<uint8_t*>(scratch + layout.a_codes),
-                 {nullptr, a_scales, tensor ? args.w13_scale.ptr<const float>() : nullptr}, stream);
-
-  // 2. Both problem lists (and the unit weight scales of the schemes without block scales), then
-  //    GEMM1 into gate_up.
+  // Both problem lists (and the unit weight scales of the schemes without block scales), in
+  // either phase: a down call alone finds them written.
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
   gemm::sm90_fp8_write_problem_lists(
       rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
       reinterpret_cast<float*>(scratch + layout.ones),
       quant == QuantScheme::fp8_block ? 0 : layout.ones_count, stream);
-  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], DType::f32, scratch + layout.workspace,
-                              device_index, sms, stream);
 
-  // 3. act(gate) * up (fp8_channel: gate and up times their weight scales first), quantised
-  //    straight from gate_up into GEMM2's codes.
-  Fp8RowSource h{scratch + layout.gate_up, DType::f32, 2 * inter, inter};
-  h.gated = true;
-  h.activation = args.activation;
-  h.channel_scales = channel ? args.w13_scale.ptr<const float>() : nullptr;
-  quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &tensor_scales[1],
-                 reinterpret_cast<uint8_t*>(scratch + layout.h_codes),
-                 {nullptr, h_scales, tensor ? args.w2_scale.ptr<const float>() : nullptr}, stream);
+  if (args.phase != ExpertPhase::down) {
+    // 1. GEMM1's input, its scales in the GEMM's layout (fp8_tensor: times w13's expert scale).
+    const Fp8RowSource x{args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0],
+                         hidden};
+    quantize_input(rows, x, quant, args.w13_input_scale.ptr<const float>(), &tensor_scales[0],
+                   reinterpret_cast<uint8_t*>(scratch + layout.a_codes),
+                   {nullptr, a_scales, tensor ? args.w13_scale.ptr<const float>() : nullptr},
+                   stream);
+
+    // 2. GEMM1 into gate_up.
+    gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], DType::f32, scratch + layout.workspace,
+                                device_index, sms, stream);
+
+    // 3. act(gate) * up (fp8_channel: gate and up times their weight scales first), quantised
+    //    straight from gate_up into GEMM2's codes.
+    Fp8RowSource h{scratch + layout.gate_up, DType::f32, 2 * inter, inter};
+    h.gated = true;
+    h.activation = args.activation;
+    h.channel_scales = channel ? args.w13_scale.ptr<const float>() : nullptr;
+    quantize_input(rows, h, quant, args.w2_input_scale.ptr<const float>(), &tensor_scales[1],
+                   reinterpret_cast<uint8_t*>(scratch + layout.h_codes),
+                   {nullptr, h_scales, tensor ? args.w2_scale.ptr<const float>() : nullptr},
+                   stream);
+  }
+  if (args.phase == ExpertPhase::gate_up) return;
 
   // 4. GEMM2 into permuted_out (fp8_channel: then times w2's channel scales).
   gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[1], DType::bf16, scratch + layout.workspace,
@@ -298,27 +327,15 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
     }
   };
 
-  // 1. GEMM1's input.
-  const float* a_tensor_scale =
-      quantize_input(rows, {args.permuted_in.data, dtype, args.permuted_in.strides[0], hidden},
-                     quant, args.w13_input_scale.ptr<const float>(), &buffers.tensor_scales[0],
-                     buffers.a_codes, {buffers.a_scales}, stream);
-
-  // 2. GEMM1 + activation into fp32 h.
-  gemm::Fp8GemmArgs gemm1;
-  gemm1.a = buffers.a_codes;
-  gemm1.a_scales = core::fp8_activation_scale_map(quant, buffers.a_scales, a_tensor_scale, hidden);
-  gemm1.w = static_cast<const uint8_t*>(args.w13.data);
-  gemm1.w_scales = args.w13_scale.ptr<const float>();
-  gemm1.quant = quant;
-  gemm1.out = buffers.h_values;
-  gemm1.out_stride = inter;
-  gemm1.out_dtype = DType::f32;
-  gemm1.n = inter;
-  gemm1.k = hidden;
-  gemm1.gated = true;
-  gemm1.activation = args.activation;
-  run(gemm1);
+  if (args.phase != ExpertPhase::down) {
+    // 1. GEMM1's input, then 2. GEMM1 + activation into fp32 h.
+    const float* a_tensor_scale =
+        quantize_input(rows, {args.permuted_in.data, dtype, args.permuted_in.strides[0], hidden},
+                       quant, args.w13_input_scale.ptr<const float>(), &buffers.tensor_scales[0],
+                       buffers.a_codes, {buffers.a_scales}, stream);
+    run(gate_up_args(args, buffers, a_tensor_scale));
+  }
+  if (args.phase == ExpertPhase::gate_up) return;
 
   // 3. GEMM2's input, from fp32.
   const float* h_tensor_scale =

@@ -102,6 +102,37 @@ TEST_P(Stage, ExpertsComputeOnlyRowsInsideExpertRanges) {
   }
 }
 
+// ExpertPhase: gate_up writes h and not one output byte; down after it writes the output; both
+// equal the whole stage's bits. (FP8 experts: run_layer's by_stages mode runs the phases.)
+TEST_P(Stage, ExpertsGateUpThenDownEqualsTheWholeStage) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const DType dtype = GetParam();
+  const int64_t hidden = 24, inter = 20, local = 3, rows = 30;
+  const std::vector<int32_t> offsets = {0, 4, 12};
+  const std::vector<int32_t> counts = {3, 8, 17};
+  const Buffer in = Buffer::from(dtype, rng.nonzero_vector(rows * hidden, 1.0f));
+  const Buffer w13 = Buffer::from(dtype, rng.nonzero_vector(local * 2 * inter * hidden, 0.2f));
+  const Buffer w2 = Buffer::from(dtype, rng.nonzero_vector(local * hidden * inter, 0.3f));
+  Buffer whole_h = Buffer::poisoned(dtype, rows * inter);
+  Buffer whole_out = Buffer::poisoned(dtype, rows * hidden);
+  ThreadPool pool(3);
+  experts(expert_stage_args(in, offsets, counts, w13, w2, whole_h, whole_out, hidden, inter),
+          Stream::cpu(&pool));
+
+  Buffer h = Buffer::poisoned(dtype, rows * inter);
+  Buffer out = Buffer::poisoned(dtype, rows * hidden);
+  ExpertArgs args = expert_stage_args(in, offsets, counts, w13, w2, h, out, hidden, inter);
+  args.phase = ExpertPhase::gate_up;
+  experts(args, Stream::cpu(&pool));
+  EXPECT_EQ(out.bytes(), Buffer::poisoned(dtype, rows * hidden).bytes())
+      << "the gate_up phase wrote permuted_out";
+  EXPECT_EQ(h.bytes(), whole_h.bytes()) << "h after gate_up differs from the whole stage's";
+  args.phase = ExpertPhase::down;
+  experts(args, Stream::cpu(&pool));
+  EXPECT_EQ(out.bytes(), whole_out.bytes()) << "gate_up then down differs from the whole stage";
+}
+
 TEST_P(Stage, CombineSumsSlotsSkipsMissingRowsAndZeroesPadding) {
   Rng rng = Rng::for_current_test();
   SCOPED_TRACE("seed " + std::to_string(rng.seed()));

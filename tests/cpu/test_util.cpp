@@ -234,7 +234,12 @@ LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
   if (s.has_input_scale) fp8_input_scale(s.input_scale, stream);
   plan(s.plan, stream);
   gather(s.gather, stream);
-  experts(s.experts, stream);
+  // The experts stage in its two phases (ExpertPhase), which must give the bits of one call.
+  ExpertArgs phase = s.experts;
+  phase.phase = ExpertPhase::gate_up;
+  experts(phase, stream);
+  phase.phase = ExpertPhase::down;
+  experts(phase, stream);
   combine(s.combine, stream);
   return run;
 }

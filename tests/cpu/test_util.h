@@ -110,7 +110,8 @@ struct LayerRun {
 
 // Runs Layer::forward on the CPU (diagnostics zeroed before the call), in `workspace` when given
 // (to reuse one left dirty by an earlier call), else in a fresh one filled with 0xA5. With
-// `by_stages`, runs the stages of Layer::stages() one by one instead of calling forward().
+// `by_stages`, runs the stages of Layer::stages() one by one instead of calling forward(), the
+// experts stage as its gate_up phase then its down phase.
 // `weights` replaces the problem's own (FP8 codes and scales).
 LayerRun run_layer(const LayerProblem& problem, ThreadPool* threads = nullptr,
                    std::shared_ptr<AlignedBuffer> workspace = nullptr, bool by_stages = false,

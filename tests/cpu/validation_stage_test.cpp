@@ -250,6 +250,9 @@ TEST(StageValidation, GatherExpertsAndCombineNameTheBadArgument) {
       {"no permuted_in",
        [](ExpertArgs& a, RoutingConfig&) { a.permuted_in = {}; },
        {"permuted_in"}},
+      {"phase past down",
+       [](ExpertArgs& a, RoutingConfig&) { a.phase = static_cast<ExpertPhase>(3); },
+       {"phase"}},
   };
   for (const auto& c : expert_cases) {
     ExpertArgs args = valid_experts();

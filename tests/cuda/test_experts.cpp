@@ -192,7 +192,13 @@ class ExpertProblem {
     return args;
   }
 
-  void run_gpu() { ironmoe::experts(gpu_args(), Stream::cuda(stream_, 0)); }
+  void run_gpu(ExpertPhase phase = ExpertPhase::all) {
+    ExpertArgs args = gpu_args();
+    args.phase = phase;
+    ironmoe::experts(args, Stream::cuda(stream_, 0));
+  }
+  std::vector<uint8_t> intermediate_bytes() const { return intermediate_.download(); }
+  std::vector<uint8_t> out_bytes() const { return out_.download(); }
 
   // Runs the CPU backend on the current device contents and compares: rows of the first
   // `checked_experts` experts (all by default) within tolerance (h and the output), rows no
@@ -301,6 +307,32 @@ TEST_P(ExpertsVsCpu, MatchesCpuAndLeavesOtherRowsUntouched) {
   problem.run_gpu();
   sync();
   problem.expect_matches_cpu(cpu());
+}
+
+// The stage in its two phases (ExpertPhase) on fresh poison, scratch included: gate_up writes h
+// and no output byte, down after it writes the output; both equal the whole stage's bits.
+TEST_P(ExpertsVsCpu, GateUpThenDownEqualsTheWholeStage) {
+  const ExpertCase& c = GetParam();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  ExpertProblem problem(c, stream());
+  problem.fill(seed, make_ranges(c));
+  problem.poison_outputs();
+  problem.run_gpu();
+  sync();
+  const std::vector<uint8_t> whole_h = problem.intermediate_bytes();
+  const std::vector<uint8_t> whole_out = problem.out_bytes();
+  problem.poison_outputs();
+  problem.run_gpu(ExpertPhase::gate_up);
+  sync();
+  const std::vector<uint8_t> out_after_gate_up = problem.out_bytes();
+  EXPECT_EQ(std::count(out_after_gate_up.begin(), out_after_gate_up.end(), kPoisonFloatByte),
+            static_cast<std::ptrdiff_t>(out_after_gate_up.size()))
+      << "the gate_up phase wrote permuted_out";
+  EXPECT_TRUE(problem.intermediate_bytes() == whole_h) << "h after gate_up differs";
+  problem.run_gpu(ExpertPhase::down);
+  sync();
+  EXPECT_TRUE(problem.out_bytes() == whole_out) << "gate_up then down differs from the stage";
 }
 
 ExpertCase make_case(std::string name, DType dtype, int64_t hidden, int64_t intermediate,

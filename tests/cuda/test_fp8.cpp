@@ -512,12 +512,28 @@ TEST_P(Fp8Stage, ExpertsStageAloneEqualsTheCpuStage) {
     DeviceBuffer<uint8_t> scratch(static_cast<int64_t>(gpu_scratch_bytes));
     scratch.fill_bytes(kPoisonFloatByte);
     out.fill_bytes(kPoisonFloatByte);
-    ironmoe::experts(args_over(x.data(), offs.data(), cnts.data(), w13.data(), w2.data(),
-                               w13_scale.data(), w2_scale.data(), h.data(), out.data(),
-                               scratch.data(), gpu_scratch_bytes, Device::cuda(0)),
-                     Stream::cuda(stream()));
+    ExpertArgs gpu_args = args_over(x.data(), offs.data(), cnts.data(), w13.data(), w2.data(),
+                                    w13_scale.data(), w2_scale.data(), h.data(), out.data(),
+                                    scratch.data(), gpu_scratch_bytes, Device::cuda(0));
+    ironmoe::experts(gpu_args, Stream::cuda(stream()));
     CUDA_TEST_OK(cudaStreamSynchronize(stream()));
     const std::vector<uint8_t> gpu_out = out.download();
+
+    // The stage in its two phases (ExpertPhase) on fresh poison, scratch included: gate_up writes
+    // no output byte, down after it gives the whole stage's bits.
+    scratch.fill_bytes(kPoisonFloatByte);
+    out.fill_bytes(kPoisonFloatByte);
+    gpu_args.phase = ExpertPhase::gate_up;
+    ironmoe::experts(gpu_args, Stream::cuda(stream()));
+    CUDA_TEST_OK(cudaStreamSynchronize(stream()));
+    const std::vector<uint8_t> after_gate_up = out.download();
+    EXPECT_EQ(std::count(after_gate_up.begin(), after_gate_up.end(), kPoisonFloatByte),
+              static_cast<std::ptrdiff_t>(after_gate_up.size()))
+        << "the gate_up phase wrote permuted_out";
+    gpu_args.phase = ExpertPhase::down;
+    ironmoe::experts(gpu_args, Stream::cuda(stream()));
+    CUDA_TEST_OK(cudaStreamSynchronize(stream()));
+    EXPECT_TRUE(out.download() == gpu_out) << "gate_up then down differs from the whole stage";
 
     // Rows 41-49 belong to no expert: never written.
     for (size_t i = 41 * hidden * 2; i < 50 * static_cast<size_t>(hidden) * 2; ++i) {

@@ -109,8 +109,12 @@ BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings
     if (s.has_route) row.stages[0] = time_call([&] { route(s.routing, s.route, stream); });
     row.stages[1] = time_call([&] { plan(s.plan, stream); });
     row.stages[2] = time_call([&] { gather(s.gather, stream); });
-    row.stages[3] = time_call([&] { ironmoe::experts(s.experts, stream); });
-    row.stages[4] = time_call([&] { combine(s.combine, stream); });
+    ExpertArgs phase = s.experts;
+    phase.phase = ExpertPhase::gate_up;
+    row.stages[3] = time_call([&] { ironmoe::experts(phase, stream); });
+    phase.phase = ExpertPhase::down;
+    row.stages[4] = time_call([&] { ironmoe::experts(phase, stream); });
+    row.stages[5] = time_call([&] { combine(s.combine, stream); });
     if (s.has_route) {
       row.route_plan_combine = time_call([&] {
         route(s.routing, s.route, stream);

@@ -20,8 +20,10 @@ struct BenchSettings {
 };
 
 // The stages of Layer::forward, each timed alone (a CUDA graph of that stage only on the GPU),
-// in the order forward() runs them; "experts" is GEMM1, the activation and GEMM2 together.
-inline const char* const kStageNames[] = {"route", "plan", "gather", "experts", "combine"};
+// in the order forward() runs them; the experts stage in its two phases (ExpertPhase): gemm1 is
+// GEMM1 with the activation (and, for FP8 experts, the quantisation of both GEMM inputs where
+// the kernels fuse it there), gemm2 the rest.
+inline const char* const kStageNames[] = {"route", "plan", "gather", "gemm1", "gemm2", "combine"};
 constexpr int kStageCount = static_cast<int>(std::size(kStageNames));
 
 struct BenchRow {

@@ -62,7 +62,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <class T>
-void launch(const ExpertRows& rows, const WeightStreamArgs& args, cudaStream_t stream) {
+void launch(const ExpertRows& rows, const WeightStreamArgs& args, ExpertPhase phase,
+            cudaStream_t stream) {
   // One grid row per expert that can own rows: never more than the rows themselves.
   const auto expert_slots = static_cast<unsigned>(std::min(rows.num_experts, rows.num_rows));
   const size_t list_bytes = static_cast<size_t>(rows.num_experts) * sizeof(int);
@@ -71,11 +72,14 @@ void launch(const ExpertRows& rows, const WeightStreamArgs& args, cudaStream_t s
   const dim3 gate_up_grid(
       static_cast<unsigned>((args.intermediate + kGateUpBlockColumns - 1) / kGateUpBlockColumns),
       expert_slots);
-  launch_overlapped(stream_gate_up<T>, gate_up_grid, dim3(kThreads), list_bytes, stream, rows,
-                    static_cast<const T*>(args.a), args.a_stride, static_cast<const T*>(args.w13),
-                    args.w13_expert_stride, static_cast<T*>(args.h), args.h_stride,
-                    args.intermediate, args.hidden, args.activation);
-  IRONMOE_CUDA_CHECK_LAUNCH(stream);
+  if (phase != ExpertPhase::down) {
+    launch_overlapped(stream_gate_up<T>, gate_up_grid, dim3(kThreads), list_bytes, stream, rows,
+                      static_cast<const T*>(args.a), args.a_stride, static_cast<const T*>(args.w13),
+                      args.w13_expert_stride, static_cast<T*>(args.h), args.h_stride,
+                      args.intermediate, args.hidden, args.activation);
+    IRONMOE_CUDA_CHECK_LAUNCH(stream);
+  }
+  if (phase == ExpertPhase::gate_up) return;
   const dim3 down_grid(
       static_cast<unsigned>((args.hidden + kDownBlockColumns - 1) / kDownBlockColumns),
       expert_slots);
@@ -98,15 +102,15 @@ bool weight_stream_supports(const WeightStreamArgs& args, int64_t local_experts)
   return dtype && shapes && pointers && local_experts <= kWeightStreamMaxExperts;
 }
 
-void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args,
+void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args, ExpertPhase phase,
                            cudaStream_t stream) {
   if (rows.num_experts == 0 || rows.num_rows == 0) return;
   IRONMOE_CHECK(weight_stream_supports(args, rows.num_experts), "experts",
                 "internal: weight-stream kernels called with unsupported operands");
   if (args.dtype == DType::bf16) {
-    launch<__nv_bfloat16>(rows, args, stream);
+    launch<__nv_bfloat16>(rows, args, phase, stream);
   } else {
-    launch<__half>(rows, args, stream);
+    launch<__half>(rows, args, phase, stream);
   }
 }
 

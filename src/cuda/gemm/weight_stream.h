@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "cuda/gemm/expert_rows.h"
+#include "ironmoe/experts.h"
 #include "ironmoe/types.h"
 
 namespace ironmoe::cuda::gemm {
@@ -62,7 +63,8 @@ inline bool weight_stream_preferred(int64_t rows_total, int64_t local_experts, i
   return rows_total <= 16 && 4 * rows_total <= local_experts;
 }
 
-void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args,
+// Gate/up (with the activation) into h, then down into out; `phase` runs one of the two alone.
+void weight_stream_experts(const ExpertRows& rows, const WeightStreamArgs& args, ExpertPhase phase,
                            cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm
