@@ -41,6 +41,11 @@ void fp8_input_scale(const Fp8InputScaleArgs& args, void* stream);
 // as the stages, bit for bit. IRONMOE_FUSED_DECODE=0 in the environment turns it off.
 // try_fused_decode launches it and returns true when it applies; otherwise it does nothing.
 inline constexpr int64_t kFusedDecodeMaxSlots = 32;
+// The fused down kernel streams an expert's w2 once per slot of that expert, so a second token on
+// the expert finds w2 in L2 only when it is small. With more than one token, experts whose w2
+// exceeds this take the staged path, which reads each weight once per four rows (mixtral-8x7b,
+// 112 MiB, T = 2 on an H200: fused 321.4 us, staged 299.9; docs/performance.md).
+inline constexpr int64_t kFusedDecodeMaxRereadBytes = int64_t{16} << 20;
 bool fused_decode_applies(const MoeConfig& config, const LayerStages& stages);
 bool try_fused_decode(const MoeConfig& config, const LayerStages& stages, void* stream);
 

@@ -245,6 +245,9 @@ std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerSt
   DecodeParams p{};
   p.ops = streamed_operands(s);
   if (!gemm::weight_stream_supports(p.ops, local_experts)) return std::nullopt;
+  const int64_t w2_bytes =
+      config.hidden * config.intermediate * static_cast<int64_t>(dtype_size(config.dtype));
+  if (tokens > 1 && w2_bytes > kFusedDecodeMaxRereadBytes) return std::nullopt;
   if (config.expert_kernel == ExpertKernel::automatic &&
       !gemm::weight_stream_preferred(
           slots, local_experts, config.hidden,

@@ -249,6 +249,50 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
   }
 }
 
+// Experts whose w2 exceeds kFusedDecodeMaxRereadBytes fuse one token only (the fused down kernel
+// would stream w2 again from memory for each further token on an expert). Decided from the shapes
+// alone, so the weight views may lie over a small buffer: nothing runs.
+class FusedDecodeRule : public CudaTest {};
+
+TEST_F(FusedDecodeRule, ExpertsTooLargeForTheL2FuseOneTokenOnly) {
+  const Device device = Device::cuda(0);
+  for (const int64_t intermediate : {int64_t{2048}, int64_t{2304}}) {  // w2: 16 MiB, 18 MiB
+    MoeConfig config;
+    config.hidden = 4096;
+    config.intermediate = intermediate;
+    config.num_experts = 8;
+    config.top_k = 2;
+    config.max_tokens = 4;
+    config.dtype = DType::bf16;
+    config.expert_kernel = ExpertKernel::weight_stream;
+    const Layer layer(config, device);
+    DeviceBuffer<uint8_t> weight_bytes(4096);
+    Weights weights;
+    weights.w13 = TensorView::contiguous(weight_bytes.data(), DType::bf16,
+                                         {8, 2 * intermediate, config.hidden}, device);
+    weights.w2 = TensorView::contiguous(weight_bytes.data(), DType::bf16,
+                                        {8, config.hidden, intermediate}, device);
+    DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
+    DeviceBuffer<uint8_t> x(4 * config.hidden * 2), out(4 * config.hidden * 2);
+    DeviceBuffer<int32_t> ids(4 * 2);
+    DeviceBuffer<float> topk_weights(4 * 2);
+    const bool small = 2 * config.hidden * intermediate <= cuda::kFusedDecodeMaxRereadBytes;
+    for (const int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{4}}) {
+      Inputs inputs;
+      inputs.x = TensorView::contiguous(x.data(), DType::bf16, {tokens, config.hidden}, device);
+      inputs.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {tokens, 2}, device);
+      inputs.topk_weights =
+          TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, 2}, device);
+      const Outputs outputs{
+          TensorView::contiguous(out.data(), DType::bf16, {tokens, config.hidden}, device)};
+      const LayerStages s = layer.stages(inputs, weights, outputs,
+                                         {workspace.data(), workspace.bytes()}, gpu());
+      EXPECT_EQ(cuda::fused_decode_applies(config, s), tokens == 1 || small)
+          << "I = " << intermediate << ", T = " << tokens;
+    }
+  }
+}
+
 std::vector<FusedCase> fused_cases() {
   return {
       {"qwen3_like_auto_bf16", 128, 8, 0, -1, DType::bf16, Activation::silu_and_mul,
