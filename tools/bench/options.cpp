@@ -50,8 +50,8 @@ ArgParser make_parser() {
                     "expert weights: none (default, the storage dtype), fp8-tensor (static\n"
                     "activation scales), fp8-channel or fp8-block (E4M3 codes, f32 scales)");
   parser.add_flag("breakdown",
-                  "also time each stage alone (route, plan, gather, experts, combine) and print "
-                  "a second table");
+                  "also time each stage alone (route, plan, gather, gemm1, gemm2, combine) and "
+                  "print a second table");
   parser.add_option("json", "FILE", "also write every row as JSON to FILE");
   parser.add_flag("help", "show this text");
   return parser;
