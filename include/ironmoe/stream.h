@@ -1,12 +1,31 @@
 #pragma once
 // Where a stage runs: the caller's cudaStream_t on CUDA, a caller-owned thread pool on the CPU.
 #include <cstdint>
-#include <functional>
 #include <memory>
+#include <type_traits>
 
 #include "ironmoe/types.h"
 
 namespace ironmoe {
+
+// A non-owning reference to a callable body(begin, end), valid while the callable lives (a
+// lambda passed to parallel_for lives until the call returns). std::function would copy a lambda
+// with more than two captures to the heap on every call, and forward() allocates nothing
+// (docs/contract.md L4).
+class RangeBody {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, RangeBody>>>
+  RangeBody(F&& body) noexcept  // NOLINT(google-explicit-constructor): binds lambdas in place
+      : object_(const_cast<void*>(static_cast<const void*>(&body))),
+        call_([](void* object, int64_t begin, int64_t end) {
+          (*static_cast<std::remove_reference_t<F>*>(object))(begin, end);
+        }) {}
+  void operator()(int64_t begin, int64_t end) const { call_(object_, begin, end); }
+
+ private:
+  void* object_;
+  void (*call_)(void*, int64_t, int64_t);
+};
 
 // A fixed set of worker threads for the CPU backend. Owned by the caller (no global state).
 class ThreadPool {
@@ -19,7 +38,7 @@ class ThreadPool {
   int size() const;
   // Runs body(begin, end) over [0, n) split into contiguous chunks, and waits for all of them.
   // How the range is split never changes a result: bodies write disjoint outputs.
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& body);
+  void parallel_for(int64_t n, RangeBody body);
 
  private:
   struct Impl;

@@ -3,15 +3,13 @@
 // to the optional diagnostics counters.
 #include <atomic>
 #include <cstdint>
-#include <functional>
 
 #include "ironmoe/stream.h"
 
 namespace ironmoe::cpu {
 
 // body(begin, end) over [0, n): on `threads` when given, else on the calling thread.
-inline void parallel_for(ThreadPool* threads, int64_t n,
-                         const std::function<void(int64_t, int64_t)>& body) {
+inline void parallel_for(ThreadPool* threads, int64_t n, RangeBody body) {
   if (n <= 0) return;
   if (threads == nullptr) {
     body(0, n);

@@ -36,7 +36,7 @@ struct ThreadPool::Impl {
   bool stopping = false;
 
   // The current job (valid while a parallel_for runs).
-  const std::function<void(int64_t, int64_t)>* body = nullptr;
+  const RangeBody* body = nullptr;
   int64_t n = 0;
   int64_t chunk = 1;
   int64_t num_chunks = 0;
@@ -99,7 +99,7 @@ ThreadPool::~ThreadPool() {
 
 int ThreadPool::size() const { return impl_->size; }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& body) {
+void ThreadPool::parallel_for(int64_t n, RangeBody body) {
   if (n <= 0) return;
   Impl& impl = *impl_;
   if (impl.size == 1 || n == 1 || current_pool == &impl) {

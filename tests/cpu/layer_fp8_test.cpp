@@ -86,29 +86,7 @@ Fp8Problem make_fp8_problem(MoeConfig config, int64_t tokens, Rng& rng,
 
 // The problem's layer with its FP8 codes and scales (test_util's run_layer, precomputed routing).
 LayerRun run_fp8(const Fp8Problem& f, ThreadPool* threads = nullptr, bool by_stages = false) {
-  const MoeConfig& c = f.p.config;
-  const int64_t local = c.num_local_experts();
-  const int64_t inter = c.intermediate;
-  Weights w;
-  w.w13 = TensorView::contiguous(f.w.w13.data(), DType::f8e4m3, {local, 2 * inter, c.hidden});
-  w.w2 = TensorView::contiguous(f.w.w2.data(), DType::f8e4m3, {local, c.hidden, inter});
-  if (c.quant == QuantScheme::fp8_tensor) {
-    w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {local});
-    w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32, {local});
-  } else if (c.quant == QuantScheme::fp8_channel) {
-    w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32, {local, 2 * inter});
-    w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32, {local, c.hidden});
-  } else {
-    const auto blocks = [](int64_t n) { return (n + 127) / 128; };
-    w.w13_scale = TensorView::contiguous(f.w.w13_scale.data(), DType::f32,
-                                         {local, blocks(2 * inter), blocks(c.hidden)});
-    w.w2_scale = TensorView::contiguous(f.w.w2_scale.data(), DType::f32,
-                                        {local, blocks(c.hidden), blocks(inter)});
-  }
-  if (!f.static_scales.empty()) {
-    w.w13_input_scale = TensorView::contiguous(&f.static_scales[0], DType::f32, {1});
-    w.w2_input_scale = TensorView::contiguous(&f.static_scales[1], DType::f32, {1});
-  }
+  const Weights w = fp8_weight_views(f.p.config, f.w, f.static_scales);
   return run_layer(f.p, threads, nullptr, by_stages, &w);
 }
 

@@ -189,17 +189,11 @@ LayerProblem shard_of(const LayerProblem& full, int64_t expert_begin, int64_t ex
   return shard;
 }
 
-LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
-                   std::shared_ptr<AlignedBuffer> workspace, bool by_stages,
-                   const Weights* weights) {
+LayerCall layer_call(const LayerProblem& p, void* out, int32_t* diagnostics,
+                     const int32_t* num_valid, const Weights* weights) {
   const MoeConfig& c = p.config;
-  const Layer layer(c, Device::cpu());
-  LayerRun run;
-  run.out = Buffer::poisoned(c.dtype, p.tokens * c.hidden);
-  run.workspace = workspace ? workspace : std::make_shared<AlignedBuffer>(layer.workspace_bytes());
-  const int32_t num_valid = p.num_valid.value_or(0);
-
-  Inputs in;
+  LayerCall call;
+  Inputs& in = call.in;
   in.x = TensorView::contiguous(p.x.data(), c.dtype, {p.tokens, c.hidden});
   if (!p.logits.empty()) {
     in.router_logits =
@@ -210,19 +204,60 @@ LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
     in.topk_ids = TensorView::contiguous(p.ids.data(), DType::i32, {p.tokens, c.top_k});
     in.topk_weights = TensorView::contiguous(p.weights.data(), DType::f32, {p.tokens, c.top_k});
   }
-  in.num_valid_tokens = p.num_valid ? &num_valid : nullptr;
-  in.diagnostics = run.diagnostics.data();
-
+  in.num_valid_tokens = p.num_valid ? num_valid : nullptr;
+  in.diagnostics = diagnostics;
   const int64_t local = c.num_local_experts();
-  Weights w;
   if (weights != nullptr) {
-    w = *weights;
+    call.w = *weights;
   } else {
-    w.w13 = TensorView::contiguous(p.w13.data(), c.dtype, {local, 2 * c.intermediate, c.hidden});
-    w.w2 = TensorView::contiguous(p.w2.data(), c.dtype, {local, c.hidden, c.intermediate});
+    call.w.w13 =
+        TensorView::contiguous(p.w13.data(), c.dtype, {local, 2 * c.intermediate, c.hidden});
+    call.w.w2 = TensorView::contiguous(p.w2.data(), c.dtype, {local, c.hidden, c.intermediate});
   }
-  Outputs out;
-  out.out = TensorView::contiguous(run.out.data(), c.dtype, {p.tokens, c.hidden});
+  call.out.out = TensorView::contiguous(out, c.dtype, {p.tokens, c.hidden});
+  return call;
+}
+
+Weights fp8_weight_views(const MoeConfig& c, const reference::Fp8Weights& f,
+                         const std::vector<float>& static_scales) {
+  const int64_t local = c.num_local_experts();
+  const int64_t inter = c.intermediate;
+  Weights w;
+  w.w13 = TensorView::contiguous(f.w13.data(), DType::f8e4m3, {local, 2 * inter, c.hidden});
+  w.w2 = TensorView::contiguous(f.w2.data(), DType::f8e4m3, {local, c.hidden, inter});
+  if (c.quant == QuantScheme::fp8_tensor) {
+    w.w13_scale = TensorView::contiguous(f.w13_scale.data(), DType::f32, {local});
+    w.w2_scale = TensorView::contiguous(f.w2_scale.data(), DType::f32, {local});
+  } else if (c.quant == QuantScheme::fp8_channel) {
+    w.w13_scale = TensorView::contiguous(f.w13_scale.data(), DType::f32, {local, 2 * inter});
+    w.w2_scale = TensorView::contiguous(f.w2_scale.data(), DType::f32, {local, c.hidden});
+  } else {
+    const auto blocks = [](int64_t n) { return (n + 127) / 128; };
+    w.w13_scale = TensorView::contiguous(f.w13_scale.data(), DType::f32,
+                                         {local, blocks(2 * inter), blocks(c.hidden)});
+    w.w2_scale = TensorView::contiguous(f.w2_scale.data(), DType::f32,
+                                        {local, blocks(c.hidden), blocks(inter)});
+  }
+  if (!static_scales.empty()) {
+    w.w13_input_scale = TensorView::contiguous(&static_scales[0], DType::f32, {1});
+    w.w2_input_scale = TensorView::contiguous(&static_scales[1], DType::f32, {1});
+  }
+  return w;
+}
+
+LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
+                   std::shared_ptr<AlignedBuffer> workspace, bool by_stages,
+                   const Weights* weights) {
+  const MoeConfig& c = p.config;
+  const Layer layer(c, Device::cpu());
+  LayerRun run;
+  run.out = Buffer::poisoned(c.dtype, p.tokens * c.hidden);
+  run.workspace = workspace ? workspace : std::make_shared<AlignedBuffer>(layer.workspace_bytes());
+  const int32_t num_valid = p.num_valid.value_or(0);
+  const LayerCall call = layer_call(p, run.out.data(), run.diagnostics.data(), &num_valid, weights);
+  const Inputs& in = call.in;
+  const Weights& w = call.w;
+  const Outputs& out = call.out;
   const Workspace space{run.workspace->data(), run.workspace->bytes()};
   const Stream stream = Stream::cpu(threads);
   if (!by_stages) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ironmoe/ironmoe.h"
+#include "reference_fp8.h"
 
 namespace ironmoe::test {
 
@@ -107,6 +108,22 @@ struct LayerRun {
   std::array<int32_t, kDiagnosticCount> diagnostics{};
   std::shared_ptr<AlignedBuffer> workspace;
 };
+
+// What run_layer hands to forward(): the problem's inputs (num_valid_tokens from `num_valid`,
+// which must outlive the call, when the problem has one), its weights or `weights`, and `out` as
+// the output [T, H].
+struct LayerCall {
+  Inputs in;
+  Weights w;
+  Outputs out;
+};
+LayerCall layer_call(const LayerProblem& problem, void* out, int32_t* diagnostics,
+                     const int32_t* num_valid, const Weights* weights = nullptr);
+
+// Views of FP8 codes and scales as config.quant's Weights (docs/formats.md), with the static
+// activation scales {GEMM1, GEMM2} when `static_scales` is not empty.
+Weights fp8_weight_views(const MoeConfig& config, const reference::Fp8Weights& weights,
+                         const std::vector<float>& static_scales);
 
 // Runs Layer::forward on the CPU (diagnostics zeroed before the call), in `workspace` when given
 // (to reuse one left dirty by an earlier call), else in a fresh one filled with 0xA5. With
