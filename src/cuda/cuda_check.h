@@ -22,11 +22,12 @@ inline cudaStream_t as_cuda_stream(void* stream) { return static_cast<cudaStream
 void debug_sync_after_launch(cudaStream_t stream, const char* file, int line);
 
 // Lets `kernel` launch with `bytes` of dynamic shared memory, raising its limit past the default
-// 48 KiB where the current device allows. Throws ironmoe::Error from `where`, saying `what` needs
-// the memory, when the device offers less. A host-side attribute, so it is allowed while the
-// caller's stream is being captured.
+// 48 KiB where the current device allows. Throws ironmoe::Error from `where`, saying that `what`
+// for `experts` experts needs the memory, when the device offers less (the message is built only
+// then: forward() allocates nothing, docs/contract.md L4). A host-side attribute, so it is allowed
+// while the caller's stream is being captured.
 void reserve_dynamic_shared_memory(const void* kernel, size_t bytes, const char* where,
-                                   const char* what);
+                                   const char* what, int64_t experts);
 
 }  // namespace ironmoe::cuda
 

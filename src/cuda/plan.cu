@@ -370,23 +370,22 @@ void plan(const PlanArgs& args, void* stream) {
   if (p.chunks > 0 && p.num_local > 0)
     check_pointer_alignment(where, "scratch", args.scratch, alignof(int32_t));
 
-  const std::string what = "expert_counts: a plan over " + std::to_string(p.num_local) +
-                           " local experts (a count table per warp)";
+  const char* what = "expert_counts: a plan (a count table per warp)";
   const size_t count_shared = static_cast<size_t>(p.num_local) * sizeof(int);
   const size_t scatter_shared = (kPlanWarps + 1) * count_shared;
   const cudaStream_t cuda_stream = as_cuda_stream(stream);
   if (p.chunks <= 1 && p.rows <= kSingleChunkMaxRows) {
     reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_single_chunk_kernel),
-                                  scatter_shared, where, what.c_str());
+                                  scatter_shared, where, what, p.num_local);
     launch_overlapped(plan_single_chunk_kernel, dim3(1), dim3(kPlanThreads), scatter_shared,
                       cuda_stream, p);
     IRONMOE_CUDA_CHECK_LAUNCH(cuda_stream);
     return;
   }
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_count_kernel), count_shared,
-                                where, what.c_str());
+                                where, what, p.num_local);
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(plan_scatter_kernel), scatter_shared,
-                                where, what.c_str());
+                                where, what, p.num_local);
   const int64_t fill_blocks = num_chunks(p.rows) < 1024 ? num_chunks(p.rows) : 1024;
   const int64_t count_blocks = p.chunks > fill_blocks ? p.chunks : fill_blocks;
   if (count_blocks > 0) {

@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_long_kernel(RoutePar
 
 template <class T>
 void launch_route(const RouteParams& p, unsigned blocks, size_t shared_bytes, cudaStream_t stream,
-                  const char* where, const std::string& what) {
+                  const char* where) {
   void (*kernel)(RouteParams) = route_topk_long_kernel<T>;
   if (p.num_experts <= 4 * kWarpSize) {
     kernel = route_topk_kernel<T, 4>;
@@ -391,7 +391,8 @@ void launch_route(const RouteParams& p, unsigned blocks, size_t shared_bytes, cu
     kernel = route_topk_kernel<T, kMaxKeysPerLane>;
   }
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes, where,
-                                what.c_str());
+                                "logits: grouped_topk (keys and group scores per warp)",
+                                p.num_experts);
   launch_overlapped(kernel, dim3(blocks), dim3(kRouteThreads), shared_bytes, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
@@ -430,12 +431,10 @@ void route(const RoutingConfig& routing, const RouteArgs& args, void* stream) {
     shared_bytes =
         kWarpsPerBlock * grouped_shared_floats(p.num_experts, p.num_groups) * sizeof(float);
   }
-  const std::string what = "logits: grouped_topk over E = " + std::to_string(num_experts) +
-                           " experts (their keys and group scores, per warp)";
   const auto blocks = static_cast<unsigned>((tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const cudaStream_t cuda_stream = as_cuda_stream(stream);
   dispatch_float_dtype(where, args.logits.dtype, [&](auto element) {
-    launch_route<decltype(element)>(p, blocks, shared_bytes, cuda_stream, where, what);
+    launch_route<decltype(element)>(p, blocks, shared_bytes, cuda_stream, where);
   });
 }
 

@@ -37,7 +37,7 @@ void debug_sync_after_launch(cudaStream_t stream, const char* file, int line) {
 }
 
 void reserve_dynamic_shared_memory(const void* kernel, size_t bytes, const char* where,
-                                   const char* what) {
+                                   const char* what, int64_t experts) {
   constexpr size_t kDefaultLimit = 48 * 1024;
   if (bytes <= kDefaultLimit) return;
   int device = 0;
@@ -45,8 +45,9 @@ void reserve_dynamic_shared_memory(const void* kernel, size_t bytes, const char*
   IRONMOE_CUDA_CHECK(cudaGetDevice(&device));
   IRONMOE_CUDA_CHECK(
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  IRONMOE_CHECK(bytes <= static_cast<size_t>(optin), where, what, " needs ", bytes,
-                " bytes of shared memory per block, device ", device, " offers ", optin);
+  IRONMOE_CHECK(bytes <= static_cast<size_t>(optin), where, what, " over ", experts,
+                " experts needs ", bytes, " bytes of shared memory per block, device ", device,
+                " offers ", optin);
   IRONMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(bytes)));
 }
