@@ -3,7 +3,8 @@
 // experts' row ranges hold -1, INT_MIN, INT_MAX, values just past the end and valid entries.
 // gather copies exactly the rows whose entry is a slot of the batch and leaves the others alone;
 // combine writes every row, zero for padding and for rows without a valid slot; experts either
-// refuses the ranges (contract E1) or writes exactly the rows inside them. Under
+// refuses the ranges (contract E1) or writes exactly the rows inside them, also when run as its
+// gate_up then down phases (gate_up writing no output). Under
 // scripts/sanitize-cpu.sh (CI) a stray access fails the run as well.
 #include <gtest/gtest.h>
 
@@ -156,9 +157,20 @@ TEST(StageFuzz, ExpertsRefuseBadRangesOrWriteExactlyTheirRows) {
     Buffer intermediate = Buffer::poisoned(DType::f32, rows * inter);
     Buffer out = Buffer::poisoned(DType::f32, rows * hidden);
     const Buffer poison = Buffer::poisoned(DType::f32, 1);
-    const ExpertArgs args =
+    ExpertArgs args =
         expert_stage_args(in, offsets, counts, w13, w2, intermediate, out, hidden, inter);
+    // Half the rounds run the stage as its two phases (ExpertPhase): the first must refuse or
+    // write no output, the second then behaves as one whole call.
+    const bool phased = rng.chance(0.5);
     try {
+      if (phased) {
+        args.phase = ExpertPhase::gate_up;
+        experts(args, Stream::cpu(&pool));
+        for (int64_t i = 0; i < rows * hidden; ++i)
+          ASSERT_EQ(storage_bits(out, i), storage_bits(poison, 0))
+              << "the gate_up phase wrote output element " << i;
+        args.phase = ExpertPhase::down;
+      }
       experts(args, Stream::cpu(&pool));
     } catch (const Error&) {
       ++refused;
