@@ -20,10 +20,22 @@ class RangeBody {
         call_([](void* object, int64_t begin, int64_t end) {
           (*static_cast<std::remove_reference_t<F>*>(object))(begin, end);
         }) {}
-  void operator()(int64_t begin, int64_t end) const { call_(object_, begin, end); }
+  // A plain function (or function pointer) is held by value.
+  RangeBody(void (*function)(int64_t, int64_t)) noexcept  // NOLINT(google-explicit-constructor)
+      : function_(function), call_(nullptr) {}
+  void operator()(int64_t begin, int64_t end) const {
+    if (call_ == nullptr) {
+      function_(begin, end);
+    } else {
+      call_(object_, begin, end);
+    }
+  }
 
  private:
-  void* object_;
+  union {
+    void* object_;
+    void (*function_)(int64_t, int64_t);
+  };
   void (*call_)(void*, int64_t, int64_t);
 };
 

@@ -120,7 +120,12 @@ void ThreadPool::parallel_for(int64_t n, RangeBody body) {
     ++impl.generation;
   }
   impl.work_ready.notify_all();
+  // The caller runs chunks too, as a thread of this pool: a body that calls parallel_for on the
+  // pool again must run inline here as well (taking call_mutex a second time would deadlock).
+  const void* outer = current_pool;
+  current_pool = &impl;
   impl.run_chunks();
+  current_pool = outer;
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(impl.mutex);
