@@ -42,7 +42,10 @@ class RangeBody {
 // A fixed set of worker threads for the CPU backend. Owned by the caller (no global state).
 class ThreadPool {
  public:
-  explicit ThreadPool(int num_threads = 0);  // 0: std::thread::hardware_concurrency()
+  // num_threads: 0 (std::thread::hardware_concurrency()) to kMaxThreads; throws ironmoe::Error
+  // past that, or when the system cannot start a worker thread.
+  static constexpr int kMaxThreads = 1024;
+  explicit ThreadPool(int num_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -53,6 +56,7 @@ class ThreadPool {
   void parallel_for(int64_t n, RangeBody body);
 
  private:
+  void stop_workers();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -86,7 +87,9 @@ TensorView view_of(const at::Tensor& t, const char* name) {
 
 // One process-wide pool would be global state; a pool per call costs a thread start per worker,
 // negligible next to a MoE layer on the CPU.
-int cpu_threads() { return static_cast<int>(at::get_num_threads()); }
+int cpu_threads() {
+  return std::clamp(static_cast<int>(at::get_num_threads()), 1, ThreadPool::kMaxThreads);
+}
 
 RoutingConfig routing_config(const std::string& scoring, bool renormalize, int64_t num_groups,
                              int64_t topk_groups, double routed_scaling_factor) {

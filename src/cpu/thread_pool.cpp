@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -77,25 +78,36 @@ struct ThreadPool::Impl {
 };
 
 ThreadPool::ThreadPool(int num_threads) : impl_(std::make_unique<Impl>()) {
-  IRONMOE_CHECK(num_threads >= 0, "ThreadPool", "num_threads: expected >= 0 (0: all cores), got ",
-                num_threads);
+  IRONMOE_CHECK(num_threads >= 0 && num_threads <= kMaxThreads, "ThreadPool",
+                "num_threads: expected 0 (all cores) to ", kMaxThreads, ", got ", num_threads);
   int size = num_threads;
   if (size == 0) size = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  size = std::min(size, kMaxThreads);
   impl_->size = size;
   impl_->workers.reserve(static_cast<size_t>(size - 1));
   for (int i = 1; i < size; ++i) {
-    impl_->workers.emplace_back([impl = impl_.get()] { impl->worker_loop(impl); });
+    try {
+      impl_->workers.emplace_back([impl = impl_.get()] { impl->worker_loop(impl); });
+    } catch (const std::system_error& error) {
+      // Joinable threads must not outlive the pool: stop the ones started, then report.
+      stop_workers();
+      core::fail("ThreadPool", "num_threads: could not start worker thread ", i, " of ", size - 1,
+                 " (", error.what(), ")");
+    }
   }
 }
 
-ThreadPool::~ThreadPool() {
+void ThreadPool::stop_workers() {
   {
     std::lock_guard<std::mutex> lock(impl_->mutex);
     impl_->stopping = true;
   }
   impl_->work_ready.notify_all();
   for (std::thread& worker : impl_->workers) worker.join();
+  impl_->workers.clear();
 }
+
+ThreadPool::~ThreadPool() { stop_workers(); }
 
 int ThreadPool::size() const { return impl_->size; }
 

@@ -1,13 +1,16 @@
 // ThreadPool::parallel_for: every index exactly once, for lambdas, std::function objects and
 // plain functions (RangeBody binds all three without copying them); a nested call runs inline;
-// an exception thrown by a body reaches the caller after every chunk has finished.
+// an exception thrown by a body reaches the caller after every chunk has finished; thread counts
+// out of range are errors.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <functional>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "ironmoe/error.h"
 #include "ironmoe/stream.h"
 
 namespace ironmoe::test {
@@ -65,6 +68,20 @@ TEST(ThreadPool, NestedCallsRunInlineAndExceptionsReachTheCaller) {
   std::atomic<int64_t> after{0};
   pool.parallel_for(100, [&](int64_t begin, int64_t end) { after.fetch_add(end - begin); });
   EXPECT_EQ(after.load(), 100);
+}
+
+TEST(ThreadPool, ThreadCountsOutOfRangeAreClearErrors) {
+  for (const int threads : {-1, ThreadPool::kMaxThreads + 1, 1 << 30}) {
+    try {
+      const ThreadPool pool(threads);
+      ADD_FAILURE() << "ThreadPool(" << threads << ") was accepted";
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find("num_threads"), std::string::npos) << error.what();
+    }
+  }
+  const ThreadPool all_cores(0);
+  EXPECT_GE(all_cores.size(), 1);
+  EXPECT_LE(all_cores.size(), ThreadPool::kMaxThreads);
 }
 
 }  // namespace
