@@ -57,6 +57,29 @@ std::string shape_text(const int64_t* dims, size_t count, bool any_for_negative 
   return text.str();
 }
 
+// *product = a * b, or false when that does not fit in int64 (a, b >= 0).
+bool multiply(int64_t a, int64_t b, int64_t* product) {
+  return !__builtin_mul_overflow(a, b, product);
+}
+
+// How many bytes the view's elements span from its first one (strides as given, sizes >= 0, at
+// least one element), or false when a hostile shape or stride would overflow int64 on the way:
+// the backends multiply these out as pointer offsets.
+bool span_bytes(const TensorView& t, int64_t* bytes) {
+  int64_t last = 0;  // offset of the last element, in elements
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.strides[d] == INT64_MIN) return false;
+    int64_t step = 0;
+    if (!multiply(t.shape[d] - 1, t.strides[d] < 0 ? -t.strides[d] : t.strides[d], &step) ||
+        __builtin_add_overflow(last, step, &last)) {
+      return false;
+    }
+  }
+  int64_t elements = 0;
+  return !__builtin_add_overflow(last, int64_t{1}, &elements) &&
+         multiply(elements, static_cast<int64_t>(dtype_size(t.dtype)), bytes);
+}
+
 }  // namespace
 
 TensorView TensorView::contiguous(const void* data, DType dtype,
@@ -77,7 +100,9 @@ TensorView TensorView::contiguous(const void* data, DType dtype,
   int64_t stride = 1;
   for (int d = view.ndim - 1; d >= 0; --d) {
     view.strides[d] = stride;
-    stride *= view.shape[d];
+    IRONMOE_CHECK(view.shape[d] == 0 || multiply(stride, view.shape[d], &stride),
+                  "TensorView::contiguous", "shape ", view.shape_string(),
+                  ": more elements than int64 can count");
   }
   return view;
 }
@@ -100,9 +125,16 @@ TensorView TensorView::rows(const void* data, DType dtype, int64_t num_rows, int
   return view;
 }
 
+// Saturates at INT64_MAX for shapes whose product overflows (validation refuses those), so that
+// a hostile view never makes this overflow.
 int64_t TensorView::numel() const {
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] == 0) return 0;
+  }
   int64_t count = 1;
-  for (int d = 0; d < ndim; ++d) count *= shape[d];
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] < 0 || !multiply(count, shape[d], &count)) return INT64_MAX;
+  }
   return count;
 }
 
@@ -112,7 +144,7 @@ bool TensorView::is_contiguous() const {
   int64_t expected = 1;
   for (int d = ndim - 1; d >= 0; --d) {
     if (shape[d] != 1 && strides[d] != expected) return false;
-    expected *= shape[d];
+    if (!multiply(expected, shape[d], &expected)) return false;  // spans more than int64
   }
   return true;
 }
@@ -141,6 +173,11 @@ void check_tensor(const char* where, const char* name, const TensorView& tensor,
   if (tensor.numel() == 0) return;  // nothing is read or written: any pointer and strides do
   IRONMOE_CHECK(tensor.data != nullptr, where, name, ": expected data for shape ",
                 tensor.shape_string(), ", got a null pointer");
+  int64_t bytes = 0;
+  IRONMOE_CHECK(span_bytes(tensor, &bytes), where, name, ": shape ", tensor.shape_string(),
+                " with strides ",
+                shape_text(tensor.strides.data(), static_cast<size_t>(tensor.ndim)),
+                " spans more bytes than int64 can count");
   check_pointer_alignment(where, name, tensor.data, dtype_size(tensor.dtype));
   if (spec.rows_may_stride && tensor.ndim == 2) {
     const bool row_ok = tensor.shape[1] <= 1 || tensor.strides[1] == 1;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <functional>
 
 #include "test_util.h"
@@ -275,6 +276,57 @@ TEST(Validation, ZeroTokensIsValidAndDoesNothing) {
     EXPECT_NO_THROW(call.forward()) << (from_logits ? "logits" : "ids");
     EXPECT_EQ(diagnostics, (std::array<int32_t, kDiagnosticCount>{}));
   }
+}
+
+// Shapes and strides so large that their element count or byte span overflows int64 are refused
+// with an error naming the argument, before anything multiplies them out (under
+// scripts/sanitize-cpu.sh an overflow would fail the run as undefined behaviour).
+TEST(Validation, ShapesAndStridesBeyondInt64AreClearErrors) {
+  constexpr int64_t kHuge = int64_t{1} << 40;
+  float cell = 0.0f;
+  expect_error_naming(
+      [&] {
+        TensorView::contiguous(&cell, DType::f32, {kHuge, kHuge});
+      },
+      {"TensorView::contiguous", "int64"}, "a contiguous view of 2^80 elements");
+  TensorView huge = TensorView::contiguous(&cell, DType::f32, {1, 1});
+  huge.shape = {kHuge, kHuge, kHuge, 0};
+  huge.ndim = 3;
+  EXPECT_EQ(huge.numel(), INT64_MAX) << "numel saturates instead of overflowing";
+  EXPECT_FALSE(huge.is_contiguous());
+  huge.ndim = 4;
+  EXPECT_EQ(huge.numel(), 0) << "a zero dimension makes any shape empty";
+
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const auto forward_with_x = [&](const TensorView& x) {
+    Call call(rng);
+    call.inputs.x = x;
+    call.forward();
+  };
+  const Call reference_call(rng);
+  const int64_t h = reference_call.config.hidden;
+  const void* x = reference_call.problem.x.data();
+  // Rows whose stride spans past int64, and one whose stride is INT64_MIN.
+  expect_error_naming([&] { forward_with_x(TensorView::rows(x, DType::f32, 8, h, INT64_MAX / 4)); },
+                      {"inputs.x"}, "x rows with a stride of INT64_MAX / 4");
+  TensorView negative = TensorView::rows(x, DType::f32, 8, h, h);
+  negative.strides[0] = INT64_MIN;
+  expect_error_naming([&] { forward_with_x(negative); }, {"inputs.x"},
+                      "x rows with a stride of INT64_MIN");
+
+  // The experts stage takes any [R, H]: rows beyond int64 bytes are an error, not an overflow.
+  const int64_t rows = 4, inter = 4, hidden = 4;
+  const Buffer in = Buffer::from(DType::f32, rng.nonzero_vector(rows * hidden, 1.0f));
+  const Buffer w13 = Buffer::from(DType::f32, rng.nonzero_vector(2 * inter * hidden, 0.3f));
+  const Buffer w2 = Buffer::from(DType::f32, rng.nonzero_vector(hidden * inter, 0.3f));
+  Buffer h_buffer = Buffer::poisoned(DType::f32, rows * inter);
+  Buffer out = Buffer::poisoned(DType::f32, rows * hidden);
+  ExpertArgs args = expert_stage_args(in, {0}, {rows}, w13, w2, h_buffer, out, hidden, inter);
+  args.permuted_in.shape[0] = kHuge;
+  args.permuted_in.strides[0] = kHuge;
+  expect_error_naming([&] { experts(args, Stream::cpu()); }, {"permuted_in"},
+                      "permuted_in spanning 2^82 bytes");
 }
 
 }  // namespace
