@@ -6,8 +6,8 @@
 // NaN, +-Inf, huge and tiny values, hostile ids (-1, INT_MIN, >= E, duplicates) and any
 // num_valid_tokens; FP8 codes are any byte (NaN codes too) and scales any float. Views are
 // sometimes broken in ways validation must catch (null data, a smaller shape, a stride below the
-// row, another dtype or rank, a pointer off its element alignment), never in ways that claim
-// memory the caller does not own. scripts/sanitize-cpu.sh (CI) runs this under AddressSanitizer
+// row, another dtype or rank, a pointer off its element alignment, a size or stride at the edge
+// of int64); a broken view that validation accepts never claims memory the caller does not own. scripts/sanitize-cpu.sh (CI) runs this under AddressSanitizer
 // and UndefinedBehaviorSanitizer too, where a stray access fails the run.
 #include <gtest/gtest.h>
 
@@ -126,7 +126,7 @@ std::string describe(const MoeConfig& c, int64_t tokens) {
 // validation must turn each into an ironmoe::Error (or accept it when harmless).
 TensorView maybe_break(TensorView view, Rng& rng) {
   if (!rng.chance(0.03)) return view;
-  switch (rng.integer(0, 5)) {
+  switch (rng.integer(0, 6)) {
     case 0:
       if (view.ndim > 0) view.shape[rng.integer(0, view.ndim - 1)] -= rng.integer(1, 2);
       break;
@@ -139,6 +139,14 @@ TensorView maybe_break(TensorView view, Rng& rng) {
     case 2: view.data = nullptr; break;
     case 3: view.dtype = static_cast<DType>(rng.integer(0, 4)); break;
     case 4: view.ndim = static_cast<int>(rng.integer(-1, kMaxDims + 1)); break;
+    case 5:  // a size or stride at the edge of int64: refused before anything is multiplied out
+      if (view.ndim > 0) {
+        const auto dim = static_cast<int>(rng.integer(0, view.ndim - 1));
+        const int64_t extremes[] = {INT64_MAX, INT64_MIN, int64_t{1} << 40, INT64_MAX / 2 + 1};
+        const int64_t extreme = extremes[rng.integer(0, 3)];
+        (rng.chance(0.5) ? view.shape : view.strides)[dim] = extreme;
+      }
+      break;
     default: view.data = static_cast<char*>(view.data) + 1; break;  // the buffers have slack
   }
   return view;
