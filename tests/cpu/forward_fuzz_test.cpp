@@ -7,8 +7,9 @@
 // num_valid_tokens; FP8 codes are any byte (NaN codes too) and scales any float. Views are
 // sometimes broken in ways validation must catch (null data, a smaller shape, a stride below the
 // row, another dtype or rank, a pointer off its element alignment, a size or stride at the edge
-// of int64); a broken view that validation accepts never claims memory the caller does not own. scripts/sanitize-cpu.sh (CI) runs this under AddressSanitizer
-// and UndefinedBehaviorSanitizer too, where a stray access fails the run.
+// of int64); a broken view that validation accepts never claims memory the caller does not own.
+// scripts/sanitize-cpu.sh (CI) runs this under AddressSanitizer and UndefinedBehaviorSanitizer
+// too, where a stray access fails the run.
 #include <gtest/gtest.h>
 
 #include <algorithm>
