@@ -26,8 +26,8 @@ struct RoutingConfig {
 };
 
 struct MoeConfig {
-  int64_t hidden = 0;        // H
-  int64_t intermediate = 0;  // I, per tensor-parallel shard
+  int64_t hidden = 0;        // H, 1 to 2^20
+  int64_t intermediate = 0;  // I, per tensor-parallel shard, 1 to 2^20
   int64_t num_experts = 0;   // E, global
   int64_t top_k = 0;         // k
   int64_t max_tokens = 0;    // T the workspace is sized for

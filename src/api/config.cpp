@@ -77,8 +77,11 @@ int64_t MoeConfig::permuted_rows(int64_t tokens) const {
 
 void MoeConfig::validate() const {
   const char* where = "MoeConfig";
-  IRONMOE_CHECK(hidden > 0, where, "hidden: expected > 0, got ", hidden);
-  IRONMOE_CHECK(intermediate > 0, where, "intermediate: expected > 0, got ", intermediate);
+  IRONMOE_CHECK(hidden > 0 && hidden <= api::kMaxDimension, where,
+                "hidden: expected a value in [1, ", api::kMaxDimension, "], got ", hidden);
+  IRONMOE_CHECK(intermediate > 0 && intermediate <= api::kMaxDimension, where,
+                "intermediate: expected a value in [1, ", api::kMaxDimension, "], got ",
+                intermediate);
   IRONMOE_CHECK(num_experts > 0 && num_experts <= api::kMaxIndex, where,
                 "num_experts: expected a value in [1, ", api::kMaxIndex, "], got ", num_experts);
   IRONMOE_CHECK(top_k > 0, where, "top_k: expected > 0, got ", top_k);

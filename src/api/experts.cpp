@@ -12,10 +12,15 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
                             int64_t num_local_experts, DType dtype, Device device,
                             QuantScheme quant) {
   const char* where = "expert_scratch_bytes";
-  IRONMOE_CHECK(max_rows >= 0, where, "max_rows: expected >= 0, got ", max_rows);
-  IRONMOE_CHECK(hidden >= 1, where, "hidden: expected >= 1, got ", hidden);
-  IRONMOE_CHECK(intermediate >= 1, where, "intermediate: expected >= 1, got ", intermediate);
-  IRONMOE_CHECK(num_local_experts >= 0, where, "num_local_experts: expected >= 0, got ",
+  IRONMOE_CHECK(max_rows >= 0 && max_rows <= api::kMaxIndex, where,
+                "max_rows: expected a value in [0, ", api::kMaxIndex, "], got ", max_rows);
+  IRONMOE_CHECK(hidden >= 1 && hidden <= api::kMaxDimension, where,
+                "hidden: expected a value in [1, ", api::kMaxDimension, "], got ", hidden);
+  IRONMOE_CHECK(intermediate >= 1 && intermediate <= api::kMaxDimension, where,
+                "intermediate: expected a value in [1, ", api::kMaxDimension, "], got ",
+                intermediate);
+  IRONMOE_CHECK(num_local_experts >= 0 && num_local_experts <= api::kMaxIndex, where,
+                "num_local_experts: expected a value in [0, ", api::kMaxIndex, "], got ",
                 num_local_experts);
   api::check_float_dtype(where, "dtype", dtype, device);
   if (quant != QuantScheme::none) {
@@ -42,7 +47,8 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   const int64_t hidden = args.permuted_in.size(1);
   IRONMOE_CHECK(rows <= api::kMaxIndex, where, "permuted_in: expected at most ", api::kMaxIndex,
                 " rows, got ", rows);
-  IRONMOE_CHECK(hidden >= 1, where, "permuted_in: expected H >= 1 columns, got ", hidden);
+  IRONMOE_CHECK(hidden >= 1 && hidden <= api::kMaxDimension, where,
+                "permuted_in: expected H in [1, ", api::kMaxDimension, "] columns, got ", hidden);
 
   IRONMOE_CHECK(args.quant == QuantScheme::none || args.quant == QuantScheme::fp8_tensor ||
                     args.quant == QuantScheme::fp8_channel ||
@@ -58,6 +64,8 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   IRONMOE_CHECK(gate_up >= 2 && gate_up % 2 == 0, where, "w13: expected an even number 2I >= 2 ",
                 "of rows per expert (gate then up), got ", gate_up);
   const int64_t intermediate = gate_up / 2;
+  IRONMOE_CHECK(intermediate <= api::kMaxDimension, where, "w13: expected 2I rows with I <= ",
+                api::kMaxDimension, ", got 2I = ", gate_up);
   api::check_quantized_weights(where,
                                {"", args.w13, args.w2, args.w13_scale, args.w2_scale,
                                 args.w13_input_scale, args.w2_input_scale},

@@ -10,9 +10,12 @@ namespace ironmoe {
 size_t plan_scratch_bytes(int64_t max_tokens, int64_t top_k, int64_t num_local_experts,
                           Device device) {
   const char* where = "plan_scratch_bytes";
-  IRONMOE_CHECK(max_tokens >= 0, where, "max_tokens: expected >= 0, got ", max_tokens);
   api::check_top_k(where, "top_k", top_k);
-  IRONMOE_CHECK(num_local_experts >= 0, where, "num_local_experts: expected >= 0, got ",
+  IRONMOE_CHECK(max_tokens >= 0 && max_tokens <= api::kMaxIndex / top_k, where,
+                "max_tokens: expected a value in [0, ", api::kMaxIndex / top_k,
+                "] (max_tokens * top_k must fit int32), got ", max_tokens);
+  IRONMOE_CHECK(num_local_experts >= 0 && num_local_experts <= api::kMaxIndex, where,
+                "num_local_experts: expected a value in [0, ", api::kMaxIndex, "], got ",
                 num_local_experts);
   if (device.is_cpu()) return 0;  // the CPU plan counts in its outputs
   return cuda::plan_scratch_bytes(max_tokens, top_k, num_local_experts, device.index);

@@ -18,6 +18,10 @@ namespace ironmoe::api {
 
 // Index maps (ids, slots, rows) are int32, so every count of slots or rows must fit one.
 inline constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
+// hidden and intermediate at most 2^20 (the largest models use a few ten thousand): with rows up
+// to kMaxIndex, every buffer size (rows x dimension x 4 bytes <= 2^53) and their sum fit int64
+// and size_t with room to spare, so no size computed from a config can wrap.
+inline constexpr int64_t kMaxDimension = int64_t{1} << 20;
 
 // "cpu" or "cuda:1".
 inline std::string device_string(Device device) {

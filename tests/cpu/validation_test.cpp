@@ -329,5 +329,48 @@ TEST(Validation, ShapesAndStridesBeyondInt64AreClearErrors) {
                       "permuted_in spanning 2^82 bytes");
 }
 
+// Sizes past the documented limits (hidden and intermediate 2^20, rows and experts int32) are
+// errors naming the size; before, hidden = 2^62 made workspace_bytes wrap around to 795904 bytes.
+TEST(Validation, SizesPastTheLimitsAreErrorsNotWrappedByteCounts) {
+  const int64_t too_large[] = {(int64_t{1} << 20) + 1, int64_t{1} << 40, int64_t{1} << 62,
+                               INT64_MAX};
+  for (const int64_t size : too_large) {
+    SCOPED_TRACE("size " + std::to_string(size));
+    MoeConfig hidden = preset("qwen3-30b-a3b", 64);
+    hidden.hidden = size;
+    expect_error_naming([&] { workspace_bytes(hidden, Device::cpu()); }, {"hidden"},
+                        "a hidden size past 2^20");
+    MoeConfig inter = preset("qwen3-30b-a3b", 64);
+    inter.intermediate = size;
+    expect_error_naming([&] { workspace_bytes(inter, Device::cpu()); }, {"intermediate"},
+                        "an intermediate size past 2^20");
+    for (const QuantScheme quant : {QuantScheme::none, QuantScheme::fp8_block}) {
+      expect_error_naming(
+          [&] { expert_scratch_bytes(8, size, 64, 4, DType::bf16, Device::cpu(), quant); },
+          {"hidden"}, "expert_scratch_bytes with a hidden size past 2^20");
+      expect_error_naming(
+          [&] { expert_scratch_bytes(8, 64, size, 4, DType::bf16, Device::cpu(), quant); },
+          {"intermediate"}, "expert_scratch_bytes with an intermediate size past 2^20");
+    }
+  }
+  // Rows and tokens past int32: expert scratch and plan scratch.
+  for (const int64_t count : {int64_t{1} << 31, int64_t{1} << 40, INT64_MAX}) {
+    SCOPED_TRACE("count " + std::to_string(count));
+    for (const QuantScheme quant : {QuantScheme::none, QuantScheme::fp8_block}) {
+      expect_error_naming(
+          [&] { expert_scratch_bytes(count, 64, 64, 4, DType::bf16, Device::cpu(), quant); },
+          {"max_rows"}, "expert_scratch_bytes with more rows than int32");
+    }
+    expect_error_naming([&] { plan_scratch_bytes(count / 8 + 1, 8, 4, Device::cpu()); },
+                        {"max_tokens"}, "plan_scratch_bytes with max_tokens * top_k past int32");
+  }
+  // The limits themselves are valid, and their byte counts do not wrap.
+  MoeConfig widest = preset("qwen3-30b-a3b", 1);
+  widest.hidden = int64_t{1} << 20;
+  widest.intermediate = int64_t{1} << 20;
+  const size_t bytes = workspace_bytes(widest, Device::cpu());
+  EXPECT_GE(bytes, size_t{8} * 3 * (size_t{1} << 20) * 2) << "permuted in, h and out, bf16";
+}
+
 }  // namespace
 }  // namespace ironmoe::test
