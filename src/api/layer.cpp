@@ -4,6 +4,8 @@
 // stages' result bit for bit.
 #include "ironmoe/layer.h"
 
+#include <initializer_list>
+
 #include "api/validate.h"
 #include "core/workspace_layout.h"
 #include "cuda/cuda_backend.h"
@@ -21,6 +23,38 @@ void check_config_for(const char* where, const MoeConfig& config, Device device)
   config.validate();
   api::check_stream(where, Stream{device, nullptr, nullptr});
   api::check_float_dtype(where, "config.dtype", config.dtype, device);
+}
+
+// What forward() writes (the workspace, out, diagnostics) shares no byte with anything else it
+// touches, checked on the host. out may be x itself or overlap it (in place): x is read whole, by
+// gather or by the fused decode kernels, before combine writes out.
+void check_no_shared_memory(const char* where, const Inputs& inputs, const Weights& weights,
+                            const Outputs& outputs, const void* workspace, size_t workspace_bytes) {
+  using api::byte_range;
+  const api::ByteRange ws = byte_range("workspace", workspace, workspace_bytes);
+  const api::ByteRange out = byte_range("outputs.out", outputs.out);
+  const api::ByteRange diagnostics =
+      byte_range("inputs.diagnostics", inputs.diagnostics, kDiagnosticCount * sizeof(int32_t));
+  const api::ByteRange x = byte_range("inputs.x", inputs.x);
+  const std::initializer_list<api::ByteRange> other_reads = {
+      byte_range("inputs.router_logits", inputs.router_logits),
+      byte_range("inputs.correction_bias", inputs.correction_bias),
+      byte_range("inputs.topk_ids", inputs.topk_ids),
+      byte_range("inputs.topk_weights", inputs.topk_weights),
+      byte_range("inputs.num_valid_tokens", inputs.num_valid_tokens, sizeof(int32_t)),
+      byte_range("weights.w13", weights.w13),
+      byte_range("weights.w2", weights.w2),
+      byte_range("weights.w13_scale", weights.w13_scale),
+      byte_range("weights.w2_scale", weights.w2_scale),
+      byte_range("weights.w13_input_scale", weights.w13_input_scale),
+      byte_range("weights.w2_input_scale", weights.w2_input_scale)};
+  for (const api::ByteRange& written : {ws, diagnostics}) {
+    api::check_disjoint(where, written, {x});
+    api::check_disjoint(where, written, other_reads);
+  }
+  api::check_disjoint(where, ws, {out, diagnostics});
+  api::check_disjoint(where, diagnostics, {out});
+  api::check_disjoint(where, out, other_reads);  // out may overlap x: in place is allowed
 }
 
 }  // namespace
@@ -108,6 +142,7 @@ LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Ou
   IRONMOE_CHECK(workspace.bytes >= layout.total_bytes, where, "workspace: expected at least ",
                 layout.total_bytes, " bytes (workspace_bytes), got ", workspace.bytes);
   check_pointer_alignment(where, "workspace", workspace.data, core::kWorkspaceAlignment);
+  check_no_shared_memory(where, inputs, weights, outputs, workspace.data, layout.total_bytes);
 
   char* base = static_cast<char*>(workspace.data);
   const int64_t rows = c.permuted_rows(tokens);

@@ -192,6 +192,34 @@ void check_tensor(const char* where, const char* name, const TensorView& tensor,
                 tensor.shape_string());
 }
 
+namespace api {
+
+ByteRange byte_range(const char* name, const TensorView& view) {
+  const auto begin = reinterpret_cast<uintptr_t>(view.data);
+  int64_t bytes = 0;
+  if (view.data == nullptr || view.numel() == 0 || !span_bytes(view, &bytes)) {
+    return {name, begin, begin};
+  }
+  return {name, begin, begin + static_cast<uintptr_t>(bytes)};
+}
+
+void check_disjoint(const char* where, const ByteRange& written,
+                    std::initializer_list<ByteRange> others) {
+  if (written.end == written.begin) return;
+  for (const ByteRange& other : others) {
+    const bool overlap =
+        other.end != other.begin && written.begin < other.end && other.begin < written.end;
+    IRONMOE_CHECK(!overlap, where, written.name, ": overlaps ", other.name, " (bytes [",
+                  reinterpret_cast<const void*>(written.begin), ", ",
+                  reinterpret_cast<const void*>(written.end), ") and [",
+                  reinterpret_cast<const void*>(other.begin), ", ",
+                  reinterpret_cast<const void*>(other.end),
+                  ")); a buffer the call writes must not share memory with another argument");
+  }
+}
+
+}  // namespace api
+
 void check_tensor_dtype_in(const char* where, const char* name, const TensorView& tensor,
                            std::initializer_list<DType> allowed) {
   for (DType dtype : allowed) {

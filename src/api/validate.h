@@ -35,6 +35,26 @@ inline std::string device_string(Device device) {
 // with a null pointer, a default-constructed view is "absent".
 inline bool present(const TensorView& tensor) { return tensor.data != nullptr || tensor.ndim > 0; }
 
+// The bytes [begin, end) a call touches through one argument; empty (end == begin) for an absent
+// or empty view.
+struct ByteRange {
+  const char* name = "";
+  uintptr_t begin = 0;
+  uintptr_t end = 0;
+};
+// A view that check_tensor has accepted.
+ByteRange byte_range(const char* name, const TensorView& view);
+inline ByteRange byte_range(const char* name, const void* data, size_t bytes) {
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  return {name, begin, data == nullptr ? begin : begin + bytes};
+}
+
+// `written` shares no byte with any of `others` (reads may share bytes with reads; a buffer the
+// call writes may not share any with another argument, or the result would depend on the order
+// in which the device happens to touch them).
+void check_disjoint(const char* where, const ByteRange& written,
+                    std::initializer_list<ByteRange> others);
+
 // The stream names a device this build can run on.
 inline void check_stream(const char* where, const Stream& stream) {
   IRONMOE_CHECK(stream.device.is_cpu() || stream.device.is_cuda(), where,

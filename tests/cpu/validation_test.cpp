@@ -2,8 +2,10 @@
 // names the argument. Each case starts from a call that works and breaks one thing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 
 #include "test_util.h"
@@ -370,6 +372,62 @@ TEST(Validation, SizesPastTheLimitsAreErrorsNotWrappedByteCounts) {
   widest.intermediate = int64_t{1} << 20;
   const size_t bytes = workspace_bytes(widest, Device::cpu());
   EXPECT_GE(bytes, size_t{8} * 3 * (size_t{1} << 20) * 2) << "permuted in, h and out, bf16";
+}
+
+// What forward() writes (workspace, out, diagnostics) must share no memory with another argument,
+// or the result would depend on the order of the device's accesses: an error naming both. out may
+// be x itself (in place), with the bits of a separate out.
+TEST(Validation, BuffersTheCallWritesMustNotOverlapOthers) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  Call separate(rng);
+  separate.forward();
+  Call in_place = separate;  // copies of the problem's buffers; views re-pointed below
+  const int64_t tokens = separate.problem.tokens, h = separate.config.hidden;
+  in_place.inputs.x = TensorView::contiguous(in_place.problem.x.data(), DType::f32, {tokens, h});
+  in_place.outputs.out = in_place.inputs.x;
+  in_place.inputs.router_logits = TensorView::contiguous(in_place.problem.logits.data(), DType::f32,
+                                                         {tokens, separate.config.num_experts});
+  in_place.inputs.correction_bias = TensorView::contiguous(in_place.problem.bias.data(), DType::f32,
+                                                           {separate.config.num_experts});
+  in_place.forward();
+  EXPECT_EQ(in_place.problem.x.bytes(), separate.out.bytes()) << "out == x (in place)";
+
+  // out inside the workspace, the workspace over x, out over the logits, diagnostics in the
+  // workspace: each an error naming the two arguments.
+  {
+    Call call(rng);
+    call.outputs.out = TensorView::contiguous(call.workspace->data(), DType::f32, {tokens, h});
+    expect_error_naming([&] { call.forward(); }, {"workspace", "outputs.out"},
+                        "out inside the workspace");
+  }
+  {
+    Call call(rng);
+    AlignedBuffer shared(call.space.bytes + static_cast<size_t>(tokens * h) * sizeof(float));
+    std::memcpy(shared.data(), call.problem.x.data(), static_cast<size_t>(tokens * h) * 4);
+    call.inputs.x = TensorView::contiguous(shared.data(), DType::f32, {tokens, h});
+    call.space = {shared.data(), call.space.bytes};
+    expect_error_naming([&] { call.forward(); }, {"workspace", "inputs.x"}, "the workspace over x");
+  }
+  {
+    // One buffer holding the logits, with out starting at its last logit.
+    Call call(rng);
+    const int64_t e = call.config.num_experts;
+    std::vector<float> shared(static_cast<size_t>(tokens * e + tokens * h));
+    std::copy(call.problem.logits.begin(), call.problem.logits.end(), shared.begin());
+    call.inputs.router_logits = TensorView::contiguous(shared.data(), DType::f32, {tokens, e});
+    call.outputs.out =
+        TensorView::contiguous(shared.data() + tokens * e - 1, DType::f32, {tokens, h});
+    expect_error_naming([&] { call.forward(); }, {"outputs.out", "inputs.router_logits"},
+                        "out over the router logits");
+  }
+  {
+    Call call(rng);
+    int32_t* inside = static_cast<int32_t*>(call.workspace->data()) + 3;
+    call.inputs.diagnostics = inside;
+    expect_error_naming([&] { call.forward(); }, {"inputs.diagnostics", "workspace"},
+                        "diagnostics inside the workspace");
+  }
 }
 
 }  // namespace
