@@ -43,13 +43,15 @@ LayerInputs make_inputs(const MoeConfig& config, int64_t tokens, std::mt19937_64
   return in;
 }
 
+// in_place: out is x's own buffer (contract L7), and what it holds after the call is returned.
 std::vector<float> forward_on_gpu(const MoeConfig& config, const LayerWeights& weights,
-                                  const LayerInputs& in, cudaStream_t stream) {
+                                  const LayerInputs& in, cudaStream_t stream,
+                                  bool in_place = false) {
   const Device gpu = Device::cuda(0);
   const Layer layer(config, gpu);
   DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
   workspace.fill_bytes(kPoisonFloatByte);
-  const DeviceBuffer<uint8_t> x(in.x);
+  DeviceBuffer<uint8_t> x(in.x);
   const DeviceBuffer<float> logits(in.logits);
   const DeviceBuffer<float> bias(in.bias);
   const DeviceBuffer<int32_t> num_valid(std::vector<int32_t>{in.num_valid.value_or(0)});
@@ -64,12 +66,13 @@ std::vector<float> forward_on_gpu(const MoeConfig& config, const LayerWeights& w
     inputs.correction_bias =
         TensorView::contiguous(bias.data(), DType::f32, {config.num_experts}, gpu);
   inputs.num_valid_tokens = in.num_valid ? num_valid.data() : nullptr;
-  const Outputs outputs{
-      TensorView::contiguous(out.data(), config.dtype, {in.tokens, config.hidden}, gpu)};
+  const Outputs outputs{in_place ? inputs.x
+                                 : TensorView::contiguous(out.data(), config.dtype,
+                                                          {in.tokens, config.hidden}, gpu)};
   layer.forward(inputs, weights.on_device(config), outputs, {workspace.data(), workspace.bytes()},
                 Stream::cuda(stream));
   CUDA_TEST_OK(cudaStreamSynchronize(stream));
-  return decode(config.dtype, out.download());
+  return decode(config.dtype, in_place ? x.download() : out.download());
 }
 
 std::vector<float> forward_on_cpu(const MoeConfig& config, const LayerWeights& weights,
@@ -176,6 +179,30 @@ TEST_P(LayerVsCpu, MatchesCpuBackend) {
     const int64_t valid = in.num_valid ? *in.num_valid : tokens;
     for (int64_t i = valid * config.hidden; i < tokens * config.hidden; ++i)
       ASSERT_EQ(gpu[i], 0.0f) << "padding token " << i / config.hidden << " is not zero";
+  }
+}
+
+// Contract L7: out may be x itself. Every token count of the case (the fused decode path at
+// T = 1 where it applies, the staged one above), bitwise against a separate out.
+TEST_P(LayerVsCpu, InPlaceEqualsSeparateOut) {
+  const LayerCase& c = GetParam();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const std::vector<int64_t> token_counts =
+      c.full_size ? std::vector<int64_t>{1, 37} : std::vector<int64_t>{1, 5, 64, 333};
+  const MoeConfig config = config_for(c, token_counts.back());
+  const LayerWeights weights = make_layer_weights(config, rng(), true, stream());
+  for (int64_t tokens : token_counts) {
+    SCOPED_TRACE("T = " + std::to_string(tokens));
+    const LayerInputs in = make_inputs(config, tokens, rng);
+    const std::vector<float> separate = forward_on_gpu(config, weights, in, stream());
+    const std::vector<float> in_place = forward_on_gpu(config, weights, in, stream(), true);
+    ASSERT_EQ(in_place.size(), separate.size());
+    for (size_t i = 0; i < separate.size(); ++i) {
+      ASSERT_EQ(encode(config.dtype, {in_place[i]}), encode(config.dtype, {separate[i]}))
+          << "element " << i;
+    }
   }
 }
 
