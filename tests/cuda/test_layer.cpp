@@ -66,9 +66,9 @@ std::vector<float> forward_on_gpu(const MoeConfig& config, const LayerWeights& w
     inputs.correction_bias =
         TensorView::contiguous(bias.data(), DType::f32, {config.num_experts}, gpu);
   inputs.num_valid_tokens = in.num_valid ? num_valid.data() : nullptr;
-  const Outputs outputs{in_place ? inputs.x
-                                 : TensorView::contiguous(out.data(), config.dtype,
-                                                          {in.tokens, config.hidden}, gpu)};
+  const Outputs outputs{
+      in_place ? inputs.x
+               : TensorView::contiguous(out.data(), config.dtype, {in.tokens, config.hidden}, gpu)};
   layer.forward(inputs, weights.on_device(config), outputs, {workspace.data(), workspace.bytes()},
                 Stream::cuda(stream));
   CUDA_TEST_OK(cudaStreamSynchronize(stream));
