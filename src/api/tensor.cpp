@@ -218,6 +218,16 @@ void check_disjoint(const char* where, const ByteRange& written,
   }
 }
 
+void check_outputs_apart(const char* where, std::initializer_list<ByteRange> outputs,
+                         std::initializer_list<ByteRange> inputs) {
+  for (auto written = outputs.begin(); written != outputs.end(); ++written) {
+    check_disjoint(where, *written, inputs);
+    for (auto other = written + 1; other != outputs.end(); ++other) {
+      check_disjoint(where, *written, {*other});
+    }
+  }
+}
+
 }  // namespace api
 
 void check_tensor_dtype_in(const char* where, const char* name, const TensorView& tensor,

@@ -54,6 +54,16 @@ inline ByteRange byte_range(const char* name, const void* data, size_t bytes) {
 // in which the device happens to touch them).
 void check_disjoint(const char* where, const ByteRange& written,
                     std::initializer_list<ByteRange> others);
+// A stage's outputs share no byte with each other or with its inputs.
+void check_outputs_apart(const char* where, std::initializer_list<ByteRange> outputs,
+                         std::initializer_list<ByteRange> inputs);
+// The optional diagnostics buffer (int32[kDiagnosticCount]) and num_valid_tokens (one int32).
+inline ByteRange diagnostics_range(const int32_t* diagnostics) {
+  return byte_range("diagnostics", diagnostics, kDiagnosticCount * sizeof(int32_t));
+}
+inline ByteRange num_valid_range(const int32_t* num_valid_tokens) {
+  return byte_range("num_valid_tokens", num_valid_tokens, sizeof(int32_t));
+}
 
 // The stream names a device this build can run on.
 inline void check_stream(const char* where, const Stream& stream) {

@@ -3,6 +3,7 @@
 // starts from arguments that work and breaks one thing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 
 #include "test_util.h"
@@ -280,6 +281,102 @@ TEST(StageValidation, GatherExpertsAndCombineNameTheBadArgument) {
   // A CUDA stream: a CPU-only build names the stream, a CUDA build the first host tensor.
   expect_error_naming([&] { combine(combine_ok, Stream::cuda(nullptr)); },
                       {cuda_compiled() ? "permuted_out" : "stream"}, "cuda stream, host tensors");
+}
+
+// A stage's outputs may share no memory with each other or with its inputs (contract L7): each
+// overlap is an error naming both. The experts stage may run in place (permuted_out over
+// permuted_in: GEMM1 reads every input row before GEMM2 writes), with the bits of a separate out.
+TEST(StageValidation, OutputsSharingMemoryWithAnotherArgumentAreRefused) {
+  Buffers b;
+  RoutingConfig softmax;
+  const auto route_args = [&] {
+    RouteArgs a;
+    a.logits = f32(b.logits, {kTokens, kExperts});
+    a.topk_ids = i32(b.ids, {kTokens, kTopK});
+    a.topk_weights = f32(b.weights, {kTokens, kTopK});
+    return a;
+  };
+  EXPECT_NO_THROW(route(softmax, route_args(), Stream::cpu()));
+  RouteArgs route_bad = route_args();
+  route_bad.topk_weights = f32(b.logits, {kTokens, kTopK});
+  expect_error_naming([&] { route(softmax, route_bad, Stream::cpu()); }, {"topk_weights", "logits"},
+                      "route weights over the logits");
+  route_bad = route_args();
+  route_bad.topk_ids = TensorView::contiguous(b.weights.data(), DType::i32, {kTokens, kTopK});
+  expect_error_naming([&] { route(softmax, route_bad, Stream::cpu()); },
+                      {"topk_ids", "topk_weights"}, "route ids over its weights");
+
+  const auto plan_args = [&] {
+    PlanArgs a;
+    a.topk_ids = i32(b.ids, {kTokens, kTopK});
+    a.num_experts = kExperts;
+    a.expert_counts = i32(b.counts, {kExperts});
+    a.expert_offsets = i32(b.offsets, {kExperts + 1});
+    a.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
+    a.row_to_slot = i32(b.row_to_slot, {kRows});
+    return a;
+  };
+  PlanArgs plan_bad = plan_args();
+  plan_bad.slot_to_row = i32(b.ids, {kTokens, kTopK});
+  expect_error_naming([&] { plan(plan_bad, Stream::cpu()); }, {"slot_to_row", "topk_ids"},
+                      "plan slot_to_row over the ids");
+  plan_bad = plan_args();
+  plan_bad.expert_counts = i32(b.row_to_slot, {kExperts});
+  expect_error_naming([&] { plan(plan_bad, Stream::cpu()); }, {"expert_counts", "row_to_slot"},
+                      "plan counts over row_to_slot");
+
+  GatherArgs gather_bad;
+  gather_bad.x = f32(b.x, {kTokens, kHidden});
+  gather_bad.row_to_slot = i32(b.row_to_slot, {kTokens});  // R = T rows, so x's shape fits
+  gather_bad.top_k = kTopK;
+  gather_bad.permuted = TensorView::contiguous(b.x.data(), DType::f32, {kTokens, kHidden});
+  expect_error_naming([&] { gather(gather_bad, Stream::cpu()); }, {"permuted", "x"},
+                      "gather into x");
+
+  CombineArgs combine_bad;
+  combine_bad.permuted_out = f32(b.permuted, {kRows, kHidden});
+  combine_bad.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
+  combine_bad.topk_weights = f32(b.weights, {kTokens, kTopK});
+  combine_bad.out = f32(b.permuted, {kTokens, kHidden});
+  expect_error_naming([&] { combine(combine_bad, Stream::cpu()); }, {"out", "permuted_out"},
+                      "combine into permuted_out");
+
+  // Experts: two rows per expert for the first experts, so the stage computes something.
+  std::fill(b.counts.begin(), b.counts.end(), 0);
+  for (int64_t e = 0; e < kRows / 2; ++e) {
+    b.offsets[static_cast<size_t>(e)] = static_cast<int32_t>(2 * e);
+    b.counts[static_cast<size_t>(e)] = 2;
+  }
+  for (size_t i = 0; i < b.permuted.size(); ++i) b.permuted[i] = 0.01f * static_cast<float>(i % 17);
+  const auto expert_args = [&](std::vector<float>& out) {
+    ExpertArgs a;
+    a.permuted_in = f32(b.permuted, {kRows, kHidden});
+    a.expert_offsets = i32(b.offsets, {kExperts});
+    a.expert_counts = i32(b.counts, {kExperts});
+    a.w13 = f32(b.w13, {kExperts, 2 * kInter, kHidden});
+    a.w2 = f32(b.w2, {kExperts, kHidden, kInter});
+    a.intermediate = f32(b.inter, {kRows, kInter});
+    a.permuted_out = f32(out, {kRows, kHidden});
+    return a;
+  };
+  std::vector<float> separate(b.permuted.size(), 0.0f);
+  experts(expert_args(separate), Stream::cpu());
+  experts(expert_args(b.permuted), Stream::cpu());  // in place
+  EXPECT_EQ(b.permuted, separate) << "experts in place differs from a separate permuted_out";
+  ExpertArgs experts_bad = expert_args(separate);
+  experts_bad.intermediate = f32(b.w13, {kRows, kInter});
+  expect_error_naming([&] { experts(experts_bad, Stream::cpu()); }, {"intermediate", "w13"},
+                      "experts h over w13");
+  experts_bad = expert_args(separate);
+  experts_bad.permuted_out = f32(b.w2, {kRows, kHidden});
+  expect_error_naming([&] { experts(experts_bad, Stream::cpu()); }, {"permuted_out", "w2"},
+                      "experts out over w2");
+
+  Fp8InputScaleArgs scale_bad;
+  scale_bad.x = f32(b.x, {kTokens, kHidden});
+  scale_bad.scale = TensorView::contiguous(b.x.data() + 5, DType::f32, {1});
+  expect_error_naming([&] { fp8_input_scale(scale_bad, Stream::cpu()); }, {"scale", "x"},
+                      "input scale inside x");
 }
 
 }  // namespace
