@@ -29,10 +29,11 @@ void combine(const CombineArgs& args, const Stream& stream) {
   check_tensor(where, "topk_weights", args.topk_weights, {DType::f32, {tokens, top_k}}, device);
   check_tensor(where, "out", args.out, {args.permuted_out.dtype, {tokens, hidden}, true}, device);
 
-  api::check_outputs_apart(
-      where, {api::byte_range("out", args.out)},
-      {api::byte_range("permuted_out", args.permuted_out), api::byte_range("slot_to_row", args.slot_to_row),
-       api::byte_range("topk_weights", args.topk_weights), api::num_valid_range(args.num_valid_tokens)});
+  api::check_outputs_apart(where, {api::byte_range("out", args.out)},
+                           {api::byte_range("permuted_out", args.permuted_out),
+                            api::byte_range("slot_to_row", args.slot_to_row),
+                            api::byte_range("topk_weights", args.topk_weights),
+                            api::num_valid_range(args.num_valid_tokens)});
 
   if (device.is_cpu()) {
     cpu::combine(args, stream.threads);

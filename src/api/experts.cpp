@@ -95,27 +95,22 @@ void experts(const ExpertArgs& args, const Stream& stream) {
 
   // The FP8 scratch holds f32 scales at 256-byte offsets (core/fp8_scratch.h).
   if (args.quant != QuantScheme::none) check_pointer_alignment(where, "scratch", args.scratch, 256);
+  const api::ByteRange intermediate_range = api::byte_range("intermediate", args.intermediate);
+  const api::ByteRange scratch_range = api::byte_range("scratch", args.scratch, args.scratch_bytes);
+  const api::ByteRange permuted_out = api::byte_range("permuted_out", args.permuted_out);
+  api::check_outputs_apart(
+      where, {intermediate_range, scratch_range, permuted_out},
+      {api::byte_range("expert_offsets", args.expert_offsets),
+       api::byte_range("expert_counts", args.expert_counts), api::byte_range("w13", args.w13),
+       api::byte_range("w2", args.w2), api::byte_range("w13_scale", args.w13_scale),
+       api::byte_range("w2_scale", args.w2_scale),
+       api::byte_range("w13_input_scale", args.w13_input_scale),
+       api::byte_range("w2_input_scale", args.w2_input_scale)});
   // permuted_out may be permuted_in itself: GEMM1 reads every input row before GEMM2 writes.
   const api::ByteRange permuted_in = api::byte_range("permuted_in", args.permuted_in);
-  const std::initializer_list<api::ByteRange> other_inputs = {
-      api::byte_range("expert_offsets", args.expert_offsets),
-      api::byte_range("expert_counts", args.expert_counts),
-      api::byte_range("w13", args.w13),
-      api::byte_range("w2", args.w2),
-      api::byte_range("w13_scale", args.w13_scale),
-      api::byte_range("w2_scale", args.w2_scale),
-      api::byte_range("w13_input_scale", args.w13_input_scale),
-      api::byte_range("w2_input_scale", args.w2_input_scale)};
-  const api::ByteRange permuted_out = api::byte_range("permuted_out", args.permuted_out);
-  api::check_outputs_apart(where,
-                           {api::byte_range("intermediate", args.intermediate),
-                            api::byte_range("scratch", args.scratch, args.scratch_bytes)},
-                           {permuted_in, permuted_out});
-  api::check_outputs_apart(where,
-                           {api::byte_range("intermediate", args.intermediate),
-                            api::byte_range("scratch", args.scratch, args.scratch_bytes),
-                            permuted_out},
-                           other_inputs);
+  for (const api::ByteRange& written : {intermediate_range, scratch_range}) {
+    api::check_disjoint(where, written, {permuted_in});
+  }
   if (device.is_cpu()) {
     cpu::experts(args, stream.threads);
   } else {

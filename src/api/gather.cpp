@@ -28,8 +28,9 @@ void gather(const GatherArgs& args, const Stream& stream) {
   const int64_t rows = args.row_to_slot.size(0);
   check_tensor(where, "permuted", args.permuted, {args.x.dtype, {rows, hidden}}, device);
 
-  api::check_outputs_apart(where, {api::byte_range("permuted", args.permuted)},
-                           {api::byte_range("x", args.x), api::byte_range("row_to_slot", args.row_to_slot)});
+  api::check_outputs_apart(
+      where, {api::byte_range("permuted", args.permuted)},
+      {api::byte_range("x", args.x), api::byte_range("row_to_slot", args.row_to_slot)});
 
   if (device.is_cpu()) {
     cpu::gather(args, stream.threads);

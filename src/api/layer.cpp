@@ -32,29 +32,23 @@ void check_no_shared_memory(const char* where, const Inputs& inputs, const Weigh
                             const Outputs& outputs, const void* workspace, size_t workspace_bytes) {
   using api::byte_range;
   const api::ByteRange ws = byte_range("workspace", workspace, workspace_bytes);
-  const api::ByteRange out = byte_range("outputs.out", outputs.out);
   const api::ByteRange diagnostics =
-      byte_range("inputs.diagnostics", inputs.diagnostics, kDiagnosticCount * sizeof(int32_t));
+      api::diagnostics_range(inputs.diagnostics, "inputs.diagnostics");
+  api::check_outputs_apart(
+      where, {ws, diagnostics, byte_range("outputs.out", outputs.out)},
+      {byte_range("inputs.router_logits", inputs.router_logits),
+       byte_range("inputs.correction_bias", inputs.correction_bias),
+       byte_range("inputs.topk_ids", inputs.topk_ids),
+       byte_range("inputs.topk_weights", inputs.topk_weights),
+       api::num_valid_range(inputs.num_valid_tokens, "inputs.num_valid_tokens"),
+       byte_range("weights.w13", weights.w13), byte_range("weights.w2", weights.w2),
+       byte_range("weights.w13_scale", weights.w13_scale),
+       byte_range("weights.w2_scale", weights.w2_scale),
+       byte_range("weights.w13_input_scale", weights.w13_input_scale),
+       byte_range("weights.w2_input_scale", weights.w2_input_scale)});
+  // out may overlap x (in place); nothing else the call writes may.
   const api::ByteRange x = byte_range("inputs.x", inputs.x);
-  const std::initializer_list<api::ByteRange> other_reads = {
-      byte_range("inputs.router_logits", inputs.router_logits),
-      byte_range("inputs.correction_bias", inputs.correction_bias),
-      byte_range("inputs.topk_ids", inputs.topk_ids),
-      byte_range("inputs.topk_weights", inputs.topk_weights),
-      byte_range("inputs.num_valid_tokens", inputs.num_valid_tokens, sizeof(int32_t)),
-      byte_range("weights.w13", weights.w13),
-      byte_range("weights.w2", weights.w2),
-      byte_range("weights.w13_scale", weights.w13_scale),
-      byte_range("weights.w2_scale", weights.w2_scale),
-      byte_range("weights.w13_input_scale", weights.w13_input_scale),
-      byte_range("weights.w2_input_scale", weights.w2_input_scale)};
-  for (const api::ByteRange& written : {ws, diagnostics}) {
-    api::check_disjoint(where, written, {x});
-    api::check_disjoint(where, written, other_reads);
-  }
-  api::check_disjoint(where, ws, {out, diagnostics});
-  api::check_disjoint(where, diagnostics, {out});
-  api::check_disjoint(where, out, other_reads);  // out may overlap x: in place is allowed
+  for (const api::ByteRange& written : {ws, diagnostics}) api::check_disjoint(where, written, {x});
 }
 
 }  // namespace

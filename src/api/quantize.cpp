@@ -15,8 +15,9 @@ void fp8_input_scale(const Fp8InputScaleArgs& args, const Stream& stream) {
   api::check_float_dtype(where, "x", args.x.dtype, device);
   check_tensor(where, "x", args.x, {args.x.dtype, {-1, -1}, true}, device);
   check_tensor(where, "scale", args.scale, {DType::f32, {1}}, device);
-  api::check_outputs_apart(where, {api::byte_range("scale", args.scale)},
-                           {api::byte_range("x", args.x), api::num_valid_range(args.num_valid_tokens)});
+  api::check_outputs_apart(
+      where, {api::byte_range("scale", args.scale)},
+      {api::byte_range("x", args.x), api::num_valid_range(args.num_valid_tokens)});
   if (device.is_cpu()) {
     cpu::fp8_input_scale(args, stream.threads);
   } else {

@@ -58,11 +58,13 @@ void check_disjoint(const char* where, const ByteRange& written,
 void check_outputs_apart(const char* where, std::initializer_list<ByteRange> outputs,
                          std::initializer_list<ByteRange> inputs);
 // The optional diagnostics buffer (int32[kDiagnosticCount]) and num_valid_tokens (one int32).
-inline ByteRange diagnostics_range(const int32_t* diagnostics) {
-  return byte_range("diagnostics", diagnostics, kDiagnosticCount * sizeof(int32_t));
+inline ByteRange diagnostics_range(const int32_t* diagnostics,
+                                   const char* name = "diagnostics") {
+  return byte_range(name, diagnostics, kDiagnosticCount * sizeof(int32_t));
 }
-inline ByteRange num_valid_range(const int32_t* num_valid_tokens) {
-  return byte_range("num_valid_tokens", num_valid_tokens, sizeof(int32_t));
+inline ByteRange num_valid_range(const int32_t* num_valid_tokens,
+                                 const char* name = "num_valid_tokens") {
+  return byte_range(name, num_valid_tokens, sizeof(int32_t));
 }
 
 // The stream names a device this build can run on.

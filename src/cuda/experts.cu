@@ -204,9 +204,8 @@ void experts(const ExpertArgs& args, void* stream_handle) {
   const bool sm90_ok = hopper_shapes && is_sm90(device_index) && gemm::sm90_bf16_supports(gemm1) &&
                        gemm::sm90_bf16_supports(gemm2);
   const bool stream_ok = gemm::weight_stream_supports(streamed, local_experts);
-  const bool fast_memory = peak_memory_bandwidth(device_index) >= gemm::kFastMemoryBandwidth;
   switch (choose_path(args.kernel, sm90_ok, stream_ok, rows_total, local_experts, hidden,
-                      fast_memory)) {
+                      gemm::has_fast_memory(device_index))) {
     case ExpertKernel::weight_stream:
       gemm::weight_stream_experts(rows, streamed, args.phase, stream);
       return;

@@ -27,7 +27,6 @@
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_info.h"
 #include "cuda/gemm/weight_stream.cuh"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/launch.cuh"
@@ -249,9 +248,8 @@ std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerSt
       config.hidden * config.intermediate * static_cast<int64_t>(dtype_size(config.dtype));
   if (tokens > 1 && w2_bytes > kFusedDecodeMaxRereadBytes) return std::nullopt;
   if (config.expert_kernel == ExpertKernel::automatic &&
-      !gemm::weight_stream_preferred(
-          slots, local_experts, config.hidden,
-          peak_memory_bandwidth(s.gather.x.device.index) >= gemm::kFastMemoryBandwidth)) {
+      !gemm::weight_stream_preferred(slots, local_experts, config.hidden,
+                                     gemm::has_fast_memory(s.gather.x.device.index))) {
     return std::nullopt;
   }
   p.topk_ids = s.plan.topk_ids.ptr<const int32_t>();

@@ -91,14 +91,6 @@ std::vector<AllocationCase> cases() {
   return all;
 }
 
-reference::Fp8Scheme reference_scheme(QuantScheme quant) {
-  switch (quant) {
-    case QuantScheme::fp8_channel: return reference::Fp8Scheme::per_channel;
-    case QuantScheme::fp8_block: return reference::Fp8Scheme::block;
-    default: return reference::Fp8Scheme::per_tensor;
-  }
-}
-
 TEST(Allocation, ForwardAllocatesNothingOnTheCpu) {
   Rng rng = Rng::for_current_test();
   SCOPED_TRACE("seed " + std::to_string(rng.seed()));

@@ -23,16 +23,6 @@
 namespace ironmoe::test {
 namespace {
 
-using reference::Fp8Scheme;
-
-Fp8Scheme reference_scheme(QuantScheme quant) {
-  switch (quant) {
-    case QuantScheme::fp8_channel: return Fp8Scheme::per_channel;
-    case QuantScheme::fp8_block: return Fp8Scheme::block;
-    default: return Fp8Scheme::per_tensor;
-  }
-}
-
 struct Fp8Problem {
   LayerProblem p;
   reference::Fp8Weights w;

@@ -218,6 +218,14 @@ LayerCall layer_call(const LayerProblem& p, void* out, int32_t* diagnostics,
   return call;
 }
 
+reference::Fp8Scheme reference_scheme(QuantScheme quant) {
+  switch (quant) {
+    case QuantScheme::fp8_channel: return reference::Fp8Scheme::per_channel;
+    case QuantScheme::fp8_block: return reference::Fp8Scheme::block;
+    default: return reference::Fp8Scheme::per_tensor;
+  }
+}
+
 Weights fp8_weight_views(const MoeConfig& c, const reference::Fp8Weights& f,
                          const std::vector<float>& static_scales) {
   const int64_t local = c.num_local_experts();

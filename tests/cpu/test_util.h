@@ -120,6 +120,9 @@ struct LayerCall {
 LayerCall layer_call(const LayerProblem& problem, void* out, int32_t* diagnostics,
                      const int32_t* num_valid, const Weights* weights = nullptr);
 
+// The reference's name for an FP8 scheme (fp8_tensor: per_tensor).
+reference::Fp8Scheme reference_scheme(QuantScheme quant);
+
 // Views of FP8 codes and scales as config.quant's Weights (docs/formats.md), with the static
 // activation scales {GEMM1, GEMM2} when `static_scales` is not empty.
 Weights fp8_weight_views(const MoeConfig& config, const reference::Fp8Weights& weights,

@@ -39,6 +39,25 @@ TensorView f32(std::vector<float>& v, std::initializer_list<int64_t> shape) {
   return TensorView::contiguous(v.data(), DType::f32, shape);
 }
 
+// Route and plan arguments that work, over b.
+RouteArgs valid_route(Buffers& b) {
+  RouteArgs a;
+  a.logits = f32(b.logits, {kTokens, kExperts});
+  a.topk_ids = i32(b.ids, {kTokens, kTopK});
+  a.topk_weights = f32(b.weights, {kTokens, kTopK});
+  return a;
+}
+PlanArgs valid_plan(Buffers& b) {
+  PlanArgs a;
+  a.topk_ids = i32(b.ids, {kTokens, kTopK});
+  a.num_experts = kExperts;
+  a.expert_counts = i32(b.counts, {kExperts});
+  a.expert_offsets = i32(b.offsets, {kExperts + 1});
+  a.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
+  a.row_to_slot = i32(b.row_to_slot, {kRows});
+  return a;
+}
+
 template <class Args>
 struct Case {
   const char* what;
@@ -48,13 +67,7 @@ struct Case {
 
 TEST(StageValidation, RouteNamesTheBadArgument) {
   Buffers b;
-  auto valid = [&] {
-    RouteArgs a;
-    a.logits = f32(b.logits, {kTokens, kExperts});
-    a.topk_ids = i32(b.ids, {kTokens, kTopK});
-    a.topk_weights = f32(b.weights, {kTokens, kTopK});
-    return a;
-  };
+  auto valid = [&] { return valid_route(b); };
   RouteArgs ok = valid();
   EXPECT_NO_THROW(route(RoutingConfig{}, ok, Stream::cpu()));
   const Case<RouteArgs> cases[] = {
@@ -110,16 +123,7 @@ TEST(StageValidation, RouteNamesTheBadArgument) {
 
 TEST(StageValidation, PlanNamesTheBadArgument) {
   Buffers b;
-  auto valid = [&] {
-    PlanArgs a;
-    a.topk_ids = i32(b.ids, {kTokens, kTopK});
-    a.num_experts = kExperts;
-    a.expert_counts = i32(b.counts, {kExperts});
-    a.expert_offsets = i32(b.offsets, {kExperts + 1});
-    a.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
-    a.row_to_slot = i32(b.row_to_slot, {kRows});
-    return a;
-  };
+  auto valid = [&] { return valid_plan(b); };
   PlanArgs ok = valid();
   EXPECT_NO_THROW(plan(ok, Stream::cpu()));
   const Case<PlanArgs> cases[] = {
@@ -289,38 +293,21 @@ TEST(StageValidation, GatherExpertsAndCombineNameTheBadArgument) {
 TEST(StageValidation, OutputsSharingMemoryWithAnotherArgumentAreRefused) {
   Buffers b;
   RoutingConfig softmax;
-  const auto route_args = [&] {
-    RouteArgs a;
-    a.logits = f32(b.logits, {kTokens, kExperts});
-    a.topk_ids = i32(b.ids, {kTokens, kTopK});
-    a.topk_weights = f32(b.weights, {kTokens, kTopK});
-    return a;
-  };
-  EXPECT_NO_THROW(route(softmax, route_args(), Stream::cpu()));
-  RouteArgs route_bad = route_args();
+  EXPECT_NO_THROW(route(softmax, valid_route(b), Stream::cpu()));
+  RouteArgs route_bad = valid_route(b);
   route_bad.topk_weights = f32(b.logits, {kTokens, kTopK});
   expect_error_naming([&] { route(softmax, route_bad, Stream::cpu()); }, {"topk_weights", "logits"},
                       "route weights over the logits");
-  route_bad = route_args();
+  route_bad = valid_route(b);
   route_bad.topk_ids = TensorView::contiguous(b.weights.data(), DType::i32, {kTokens, kTopK});
   expect_error_naming([&] { route(softmax, route_bad, Stream::cpu()); },
                       {"topk_ids", "topk_weights"}, "route ids over its weights");
 
-  const auto plan_args = [&] {
-    PlanArgs a;
-    a.topk_ids = i32(b.ids, {kTokens, kTopK});
-    a.num_experts = kExperts;
-    a.expert_counts = i32(b.counts, {kExperts});
-    a.expert_offsets = i32(b.offsets, {kExperts + 1});
-    a.slot_to_row = i32(b.slot_to_row, {kTokens, kTopK});
-    a.row_to_slot = i32(b.row_to_slot, {kRows});
-    return a;
-  };
-  PlanArgs plan_bad = plan_args();
+  PlanArgs plan_bad = valid_plan(b);
   plan_bad.slot_to_row = i32(b.ids, {kTokens, kTopK});
   expect_error_naming([&] { plan(plan_bad, Stream::cpu()); }, {"slot_to_row", "topk_ids"},
                       "plan slot_to_row over the ids");
-  plan_bad = plan_args();
+  plan_bad = valid_plan(b);
   plan_bad.expert_counts = i32(b.row_to_slot, {kExperts});
   expect_error_naming([&] { plan(plan_bad, Stream::cpu()); }, {"expert_counts", "row_to_slot"},
                       "plan counts over row_to_slot");

@@ -157,6 +157,11 @@ MoeConfig config_for(const LayerCase& c, int64_t max_tokens) {
   return config;
 }
 
+// The batch sizes a case runs at: two at full size, a sweep over the scaled shapes.
+std::vector<int64_t> case_token_counts(const LayerCase& c) {
+  return c.full_size ? std::vector<int64_t>{1, 37} : std::vector<int64_t>{1, 5, 64, 333};
+}
+
 class LayerVsCpu : public CudaTestWithParam<LayerCase> {};
 
 TEST_P(LayerVsCpu, MatchesCpuBackend) {
@@ -164,8 +169,7 @@ TEST_P(LayerVsCpu, MatchesCpuBackend) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
-  const std::vector<int64_t> token_counts =
-      c.full_size ? std::vector<int64_t>{1, 37} : std::vector<int64_t>{1, 5, 64, 333};
+  const std::vector<int64_t> token_counts = case_token_counts(c);
   const MoeConfig config = config_for(c, token_counts.back());
   const LayerWeights weights = make_layer_weights(config, rng(), true, stream());
   for (int64_t tokens : token_counts) {
@@ -189,8 +193,7 @@ TEST_P(LayerVsCpu, InPlaceEqualsSeparateOut) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
-  const std::vector<int64_t> token_counts =
-      c.full_size ? std::vector<int64_t>{1, 37} : std::vector<int64_t>{1, 5, 64, 333};
+  const std::vector<int64_t> token_counts = case_token_counts(c);
   const MoeConfig config = config_for(c, token_counts.back());
   const LayerWeights weights = make_layer_weights(config, rng(), true, stream());
   for (int64_t tokens : token_counts) {

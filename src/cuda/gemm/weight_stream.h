@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "cuda/device_info.h"
 #include "cuda/gemm/expert_rows.h"
 #include "ironmoe/experts.h"
 #include "ironmoe/types.h"
@@ -54,8 +55,11 @@ bool weight_stream_supports(const WeightStreamArgs& args, int64_t local_experts)
 //    and 8 (32 and 64 rows over 128 experts), 20%, 11% and 5% on qwen3-next-80b-a3b at T = 4, 8 and
 //    16 (up to 160 rows over 512); ties at 128 rows over 128 experts and loses from 320 rows over
 //    512 on. So: at most one row per two local experts on average, at most 256 rows, H <= 4096.
-// fast_memory: the device's peak bandwidth is at least kFastMemoryBandwidth.
+// fast_memory: has_fast_memory(device) (peak bandwidth at least kFastMemoryBandwidth).
 inline constexpr double kFastMemoryBandwidth = 4.0e12;
+inline bool has_fast_memory(int device_index) {
+  return peak_memory_bandwidth(device_index) >= kFastMemoryBandwidth;
+}
 inline bool weight_stream_preferred(int64_t rows_total, int64_t local_experts, int64_t hidden,
                                     bool fast_memory) {
   if (hidden > 4096) return false;
