@@ -256,22 +256,26 @@ class FusedDecodeRule : public CudaTest {};
 
 TEST_F(FusedDecodeRule, ExpertsTooLargeForTheL2FuseOneTokenOnly) {
   const Device device = Device::cuda(0);
-  for (const int64_t intermediate : {int64_t{2048}, int64_t{2304}}) {  // w2: 16 MiB, 18 MiB
+  // Real allocations for the largest case (450 MiB): a view may not claim memory it does not
+  // own, and the layer refuses a workspace inside a weight tensor's span (contract L7).
+  constexpr int64_t kHidden = 4096, kExperts = 8, kLargestIntermediate = 2304;
+  DeviceBuffer<uint16_t> w13_bytes(kExperts * 2 * kLargestIntermediate * kHidden);
+  DeviceBuffer<uint16_t> w2_bytes(kExperts * kHidden * kLargestIntermediate);
+  for (const int64_t intermediate : {int64_t{2048}, kLargestIntermediate}) {  // w2: 16, 18 MiB
     MoeConfig config;
-    config.hidden = 4096;
+    config.hidden = kHidden;
     config.intermediate = intermediate;
-    config.num_experts = 8;
+    config.num_experts = kExperts;
     config.top_k = 2;
     config.max_tokens = 4;
     config.dtype = DType::bf16;
     config.expert_kernel = ExpertKernel::weight_stream;
     const Layer layer(config, device);
-    DeviceBuffer<uint8_t> weight_bytes(4096);
     Weights weights;
-    weights.w13 = TensorView::contiguous(weight_bytes.data(), DType::bf16,
-                                         {8, 2 * intermediate, config.hidden}, device);
-    weights.w2 = TensorView::contiguous(weight_bytes.data(), DType::bf16,
-                                        {8, config.hidden, intermediate}, device);
+    weights.w13 = TensorView::contiguous(w13_bytes.data(), DType::bf16,
+                                         {kExperts, 2 * intermediate, kHidden}, device);
+    weights.w2 = TensorView::contiguous(w2_bytes.data(), DType::bf16,
+                                        {kExperts, kHidden, intermediate}, device);
     DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
     DeviceBuffer<uint8_t> x(4 * config.hidden * 2), out(4 * config.hidden * 2);
     DeviceBuffer<int32_t> ids(4 * 2);
