@@ -15,6 +15,8 @@
 // kernel's, and every variant's ids are checked against one_warp's. Result (H200, session 15):
 // one warp 3.18 us per launch, 4/8/16 warps 3.76/3.88/4.28 us at every T tried, so the split
 // was not built; what made the library's route slow was its loads (docs/performance.md).
+// one_warp_redux (each round's arg-best by redux.sync instead of shuffles) was added after that
+// run, compiled, not yet run.
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/route_split_ceiling.cu \
 //     -o route_split_ceiling && ./route_split_ceiling
@@ -138,6 +140,59 @@ __global__ void one_warp(const float* logits, int tokens, int* ids, float* weigh
   write_row(row, max, sum, best, lane, ids + token * K, weights + token * K);
 }
 
+// An order-preserving map of a float key to 32 bits: a > b as floats iff map(a) > map(b) as
+// unsigned, with -0 taken as +0 (they tie as floats). Keys are never NaN.
+__device__ __forceinline__ unsigned ordered_bits(float key) {
+  const unsigned bits = __float_as_uint(key + 0.0f);  // -0 + 0 = +0
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+// one_warp with each round's arg-best done by the warp-reduce unit: redux.sync max over the
+// heads' ordered keys, then min over the ids of the lanes holding that key (ties to the lower
+// index, as `before` breaks them): two instructions instead of five rounds of two shuffles.
+template <int N>
+__global__ void one_warp_redux(const float* logits, int tokens, int* ids, float* weights) {
+  const int lane = threadIdx.x & 31;
+  const int token = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (token >= tokens) return;
+  const float* row = logits + (size_t)token * E;
+  float key[N];
+  int id[N];
+  float max = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    id[i] = lane + 32 * i;
+    key[i] = row[id[i]];
+    max = fmaxf(max, key[i]);
+  }
+  max = warp_max(max);
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) sum += expf(key[i] - max);
+  sum = warp_sum(sum);
+  sort_pairs(key, id);
+  int best = -1;
+  for (int j = 0; j < K; ++j) {
+    // -inf maps to the lowest bits (0x007fffff), so an exhausted lane's head (-inf, INT_MAX)
+    // can only tie with real -inf keys, and then loses on the id.
+    const unsigned head = ordered_bits(key[0]);
+    const unsigned top = __reduce_max_sync(kFull, head);
+    const int winner = static_cast<int>(
+        __reduce_min_sync(kFull, head == top ? static_cast<unsigned>(id[0]) : 0xffffffffu));
+    if (id[0] == winner) {
+#pragma unroll
+      for (int i = 0; i + 1 < N; ++i) {
+        key[i] = key[i + 1];
+        id[i] = id[i + 1];
+      }
+      key[N - 1] = -INFINITY;
+      id[N - 1] = INT_MAX;
+    }
+    if (lane == j) best = winner;
+  }
+  write_row(row, max, sum, best, lane, ids + token * K, weights + token * K);
+}
+
 template <int W, int N>
 __global__ void __launch_bounds__(32 * W) split(const float* logits, int tokens, int* ids,
                                                 float* weights) {
@@ -253,6 +308,9 @@ int main() {
     cudaMemcpy(ids, ref_ids, tokens * K * 4, cudaMemcpyDeviceToDevice);
     time("one warp, 16 keys per lane", tokens, [&](int t) {
       one_warp<16><<<(t + 3) / 4, 128, 0, st>>>(logits, t, ids, weights);
+    });
+    time("one warp, redux arg-best", tokens, [&](int t) {
+      one_warp_redux<16><<<(t + 3) / 4, 128, 0, st>>>(logits, t, ids, weights);
     });
     time("4 warps, 4 keys per lane", tokens,
          [&](int t) { split<4, 4><<<t, 128, 0, st>>>(logits, t, ids, weights); });
