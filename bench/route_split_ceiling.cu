@@ -66,6 +66,18 @@ __device__ __forceinline__ void sort_pairs(float (&key)[N], int (&id)[N]) {
       }
 }
 
+// Removes a lane's head (the round's winner) from its sorted list.
+template <int N>
+__device__ __forceinline__ void drop_head(float (&key)[N], int (&id)[N]) {
+#pragma unroll
+  for (int i = 0; i + 1 < N; ++i) {
+    key[i] = key[i + 1];
+    id[i] = id[i + 1];
+  }
+  key[N - 1] = -INFINITY;
+  id[N - 1] = INT_MAX;
+}
+
 // k rounds over the lanes' sorted lists; lane j < k ends with the j-th best (key and id).
 template <int N>
 __device__ __forceinline__ void take_best(float (&key)[N], int (&id)[N], int lane, float* out_key,
@@ -74,15 +86,7 @@ __device__ __forceinline__ void take_best(float (&key)[N], int (&id)[N], int lan
     float best_key = key[0];
     int best = id[0];
     warp_best(best_key, best);
-    if (id[0] == best && best != INT_MAX) {
-#pragma unroll
-      for (int i = 0; i + 1 < N; ++i) {
-        key[i] = key[i + 1];
-        id[i] = id[i + 1];
-      }
-      key[N - 1] = -INFINITY;
-      id[N - 1] = INT_MAX;
-    }
+    if (id[0] == best && best != INT_MAX) drop_head(key, id);
     if (lane == j) {
       *out_key = best_key;
       *out_id = best;
@@ -113,6 +117,26 @@ __device__ __forceinline__ void write_row(const float* row, float max, float sum
   }
 }
 
+// The one-warp schemes' start: lane l loads experts l + 32 i, the softmax statistics are
+// reduced over the warp, and the lane's pairs are sorted.
+template <int N>
+__device__ __forceinline__ void load_sorted_row(const float* row, int lane, float (&key)[N],
+                                                int (&id)[N], float& max, float& sum) {
+  max = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    id[i] = lane + 32 * i;
+    key[i] = row[id[i]];
+    max = fmaxf(max, key[i]);
+  }
+  max = warp_max(max);
+  sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) sum += expf(key[i] - max);
+  sum = warp_sum(sum);
+  sort_pairs(key, id);
+}
+
 template <int N>
 __global__ void one_warp(const float* logits, int tokens, int* ids, float* weights) {
   const int lane = threadIdx.x & 31;
@@ -121,19 +145,8 @@ __global__ void one_warp(const float* logits, int tokens, int* ids, float* weigh
   const float* row = logits + (size_t)token * E;
   float key[N];
   int id[N];
-  float max = -INFINITY;
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    id[i] = lane + 32 * i;
-    key[i] = row[id[i]];
-    max = fmaxf(max, key[i]);
-  }
-  max = warp_max(max);
-  float sum = 0.0f;
-#pragma unroll
-  for (int i = 0; i < N; ++i) sum += expf(key[i] - max);
-  sum = warp_sum(sum);
-  sort_pairs(key, id);
+  float max, sum;
+  load_sorted_row(row, lane, key, id, max, sum);
   float best_key = 0.0f;
   int best = -1;
   take_best(key, id, lane, &best_key, &best);
@@ -158,19 +171,8 @@ __global__ void one_warp_redux(const float* logits, int tokens, int* ids, float*
   const float* row = logits + (size_t)token * E;
   float key[N];
   int id[N];
-  float max = -INFINITY;
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    id[i] = lane + 32 * i;
-    key[i] = row[id[i]];
-    max = fmaxf(max, key[i]);
-  }
-  max = warp_max(max);
-  float sum = 0.0f;
-#pragma unroll
-  for (int i = 0; i < N; ++i) sum += expf(key[i] - max);
-  sum = warp_sum(sum);
-  sort_pairs(key, id);
+  float max, sum;
+  load_sorted_row(row, lane, key, id, max, sum);
   int best = -1;
   for (int j = 0; j < K; ++j) {
     // -inf maps to the lowest bits (0x007fffff), so an exhausted lane's head (-inf, INT_MAX)
@@ -179,15 +181,7 @@ __global__ void one_warp_redux(const float* logits, int tokens, int* ids, float*
     const unsigned top = __reduce_max_sync(kFull, head);
     const int winner = static_cast<int>(
         __reduce_min_sync(kFull, head == top ? static_cast<unsigned>(id[0]) : 0xffffffffu));
-    if (id[0] == winner) {
-#pragma unroll
-      for (int i = 0; i + 1 < N; ++i) {
-        key[i] = key[i + 1];
-        id[i] = id[i + 1];
-      }
-      key[N - 1] = -INFINITY;
-      id[N - 1] = INT_MAX;
-    }
+    if (id[0] == winner) drop_head(key, id);
     if (lane == j) best = winner;
   }
   write_row(row, max, sum, best, lane, ids + token * K, weights + token * K);
