@@ -174,18 +174,19 @@ __device__ int block_exclusive_scan(int value, int* warp_sums, int& total) {
 // calling thread owns `expert` when `owner`, and `total` is its slot count (0 when not owner).
 // Contiguous: the offsets are a block scan of the totals after the `carry` rows of earlier passes,
 // and carry grows by this pass's rows. Batched: expert e's rows start at e * capacity, its count
-// is capped at capacity and the slots beyond are added to `overflow`. Returns the owner's
-// scatter base (rank_base). Every thread of the block calls it for the same pass; the caller
+// is capped at capacity and the slots beyond are added to `overflow`. Returns the offset written
+// for the owner's expert (rank_base turns it into the scatter base). Every thread of the block calls it for the same pass; the caller
 // synchronises before the next pass reuses warp_sums.
 template <int kWarps>
 __device__ int write_expert_ranges(const PlanParams& p, int expert, bool owner, int total,
                                    int* warp_sums, int& carry, int& overflow) {
   if (p.batched) {  // uniform over the block
     if (!owner) return 0;
+    const int offset = static_cast<int>(core::batched_first_row(expert, p.capacity));
     p.expert_counts[expert] = total < p.capacity ? total : p.capacity;
-    p.expert_offsets[expert] = static_cast<int>(core::batched_first_row(expert, p.capacity));
+    p.expert_offsets[expert] = offset;
     overflow += total > p.capacity ? total - p.capacity : 0;
-    return 0;  // ranks, compared with the capacity before they become rows
+    return offset;
   }
   int pass_total = 0;
   const int exclusive = block_exclusive_scan<kWarps>(total, warp_sums, pass_total);

@@ -164,17 +164,26 @@ std::vector<int64_t> case_token_counts(const LayerCase& c) {
 
 class LayerVsCpu : public CudaTestWithParam<LayerCase> {};
 
-TEST_P(LayerVsCpu, MatchesCpuBackend) {
-  const LayerCase& c = GetParam();
+// Runs `check(config, weights, tokens, inputs)` at every token count of the case, on one set of
+// weights and fresh inputs per count, under a trace naming the seed and the count.
+template <class Check>
+void for_each_token_count(const LayerCase& c, cudaStream_t stream, Check check) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
   const std::vector<int64_t> token_counts = case_token_counts(c);
   const MoeConfig config = config_for(c, token_counts.back());
-  const LayerWeights weights = make_layer_weights(config, rng(), true, stream());
+  const LayerWeights weights = make_layer_weights(config, rng(), true, stream);
   for (int64_t tokens : token_counts) {
     SCOPED_TRACE("T = " + std::to_string(tokens));
-    const LayerInputs in = make_inputs(config, tokens, rng);
+    check(config, weights, tokens, make_inputs(config, tokens, rng));
+  }
+}
+
+TEST_P(LayerVsCpu, MatchesCpuBackend) {
+  for_each_token_count(GetParam(), stream(), [&](const MoeConfig& config,
+                                                 const LayerWeights& weights, int64_t tokens,
+                                                 const LayerInputs& in) {
     const std::vector<bool> skip = tokens_routed_differently(config, in, stream());
     const std::vector<float> gpu = forward_on_gpu(config, weights, in, stream());
     const std::vector<float> cpu = forward_on_cpu(config, weights, in);
@@ -183,22 +192,15 @@ TEST_P(LayerVsCpu, MatchesCpuBackend) {
     const int64_t valid = in.num_valid ? *in.num_valid : tokens;
     for (int64_t i = valid * config.hidden; i < tokens * config.hidden; ++i)
       ASSERT_EQ(gpu[i], 0.0f) << "padding token " << i / config.hidden << " is not zero";
-  }
+  });
 }
 
 // Contract L7: out may be x itself. Every token count of the case (the fused decode path at
 // T = 1 where it applies, the staged one above), bitwise against a separate out.
 TEST_P(LayerVsCpu, InPlaceEqualsSeparateOut) {
-  const LayerCase& c = GetParam();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  const std::vector<int64_t> token_counts = case_token_counts(c);
-  const MoeConfig config = config_for(c, token_counts.back());
-  const LayerWeights weights = make_layer_weights(config, rng(), true, stream());
-  for (int64_t tokens : token_counts) {
-    SCOPED_TRACE("T = " + std::to_string(tokens));
-    const LayerInputs in = make_inputs(config, tokens, rng);
+  for_each_token_count(GetParam(), stream(), [&](const MoeConfig& config,
+                                                 const LayerWeights& weights, int64_t /*tokens*/,
+                                                 const LayerInputs& in) {
     const std::vector<float> separate = forward_on_gpu(config, weights, in, stream());
     const std::vector<float> in_place = forward_on_gpu(config, weights, in, stream(), true);
     ASSERT_EQ(in_place.size(), separate.size());
@@ -206,7 +208,7 @@ TEST_P(LayerVsCpu, InPlaceEqualsSeparateOut) {
       ASSERT_EQ(encode(config.dtype, {in_place[i]}), encode(config.dtype, {separate[i]}))
           << "element " << i;
     }
-  }
+  });
 }
 
 std::string layer_case_name(const ::testing::TestParamInfo<LayerCase>& info) {
