@@ -15,8 +15,9 @@
 // kernel's, and every variant's ids are checked against one_warp's. Result (H200, session 15):
 // one warp 3.18 us per launch, 4/8/16 warps 3.76/3.88/4.28 us at every T tried, so the split
 // was not built; what made the library's route slow was its loads (docs/performance.md).
-// one_warp_redux (each round's arg-best by redux.sync instead of shuffles) was added after that
-// run, compiled, not yet run.
+// one_warp_redux (each round's arg-best by redux.sync instead of shuffles), session 16: 2.71 us
+// against one_warp's 3.20 at T = 1 (2.82 / 3.29 at T = 64). In the library's route kernel the
+// same change was slower at E = 512 and faster at E = 128 (src/cuda/route.cu, WarpReduce).
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/route_split_ceiling.cu \
 //     -o route_split_ceiling && ./route_split_ceiling

@@ -62,17 +62,77 @@ IRONMOE_HD size_t grouped_shared_floats(int num_experts, int num_groups) {
   return static_cast<size_t>(num_experts) + 2 * static_cast<size_t>(num_groups);
 }
 
-// Every lane ends with the best (key, index) among the lanes' candidates. Keys are rank keys
-// (never NaN), so ranks_before is a total order and both partners of each exchange agree.
-__device__ __forceinline__ void warp_best(float& key, int& index) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    const float other_key = __shfl_xor_sync(kFullMask, key, offset);
-    const int other_index = __shfl_xor_sync(kFullMask, index, offset);
-    if (core::ranks_before(other_key, other_index, key, index)) {
-      key = other_key;
-      index = other_index;
-    }
+// An order-preserving map of a rank key to 32 bits: a > b as floats iff ordered_bits(a) >
+// ordered_bits(b) as unsigned, with -0 taken as +0 (they compare equal as floats). Rank keys are
+// never NaN. from_ordered_bits is its inverse (up to the sign of zero).
+__device__ __forceinline__ unsigned ordered_bits(float key) {
+  const unsigned bits = __float_as_uint(key + 0.0f);  // -0 + 0 = +0
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
+__device__ __forceinline__ float from_ordered_bits(unsigned bits) {
+  return __uint_as_float((bits & 0x80000000u) != 0 ? bits & 0x7fffffffu : ~bits);
+}
+
+// The warp reductions of routing, in two forms that give the same results: kRedux through the
+// warp-reduce unit (redux.sync, one instruction per 32-bit integer reduction; a rank key's max as
+// the max of its ordered_bits; the arg-best as the max key, then the min index among the lanes
+// holding it), otherwise by xor-shuffle butterflies. Which is faster depends on the kernel around
+// them: under ncu on an H200 (session 16) redux took route_topk_kernel<float, 4> (E <= 128) from
+// 5.1 / 4.4 to 4.5 / 3.8 us (1009 -> 765 instructions) but route_topk_kernel<float, 16>
+// (E = 512) from 8.0 / 7.5 to 9.5 / 8.5 us, more cycles with fewer instructions. The float sum
+// is a butterfly in both (its order sets the weights' bits).
+template <bool kRedux>
+struct WarpReduce;
+
+template <>
+struct WarpReduce<true> {
+  // The index of the best (key, index) among the lanes' candidates (core::ranks_before), in
+  // every lane. An exhausted lane offers (-inf, INT_MAX): it can only tie with a real -inf key,
+  // and then loses on the index.
+  __device__ static int best_index(float key, int index) {
+    const unsigned mine = ordered_bits(key);
+    const unsigned top = __reduce_max_sync(kFullMask, mine);
+    return static_cast<int>(
+        __reduce_min_sync(kFullMask, mine == top ? static_cast<unsigned>(index) : UINT_MAX));
   }
+  __device__ static int sum(int v) { return __reduce_add_sync(kFullMask, v); }
+  // Of rank keys (never NaN).
+  __device__ static float max(float v) {
+    return from_ordered_bits(__reduce_max_sync(kFullMask, ordered_bits(v)));
+  }
+};
+
+template <>
+struct WarpReduce<false> {
+  // Keys are rank keys (never NaN), so ranks_before is a total order and both partners of each
+  // exchange agree.
+  __device__ static int best_index(float key, int index) {
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      const float other_key = __shfl_xor_sync(kFullMask, key, offset);
+      const int other_index = __shfl_xor_sync(kFullMask, index, offset);
+      if (core::ranks_before(other_key, other_index, key, index)) {
+        key = other_key;
+        index = other_index;
+      }
+    }
+    return index;
+  }
+  __device__ static int sum(int v) {
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+      v += __shfl_xor_sync(kFullMask, v, offset);
+    return v;
+  }
+  __device__ static float max(float v) {
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+      v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+    return v;
+  }
+};
+
+__device__ float warp_sum(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
 }
 
 // Merges the lanes' rank-ordered lists; lane j < k returns the j-th best expert of the warp.
@@ -81,29 +141,13 @@ __device__ int merge_lane_lists(const core::TopK& local, int k, int lane) {
   int mine = -1;
   for (int j = 0; j < k; ++j) {
     const bool has = head < local.count;
-    float key = has ? local.keys[head] : core::kNegInf;
-    int index = has ? local.ids[head] : INT_MAX;  // an exhausted lane ranks after every expert
-    warp_best(key, index);
-    if (has && local.ids[head] == index) ++head;
-    if (lane == j) mine = index;
+    // an exhausted lane ranks after every expert
+    const int best = WarpReduce<false>::best_index(has ? local.keys[head] : core::kNegInf,
+                                                   has ? local.ids[head] : INT_MAX);
+    if (has && local.ids[head] == best) ++head;
+    if (lane == j) mine = best;
   }
   return mine;
-}
-
-__device__ float warp_sum(float v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-}
-__device__ int warp_sum(int v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-}
-__device__ float warp_max(float v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-  return v;
 }
 
 // grouped_topk: scores the groups from the keys in shared memory and marks the topk_groups best
@@ -161,9 +205,10 @@ __device__ bool write_if_padding(const RouteParams& p, int64_t token, int lane) 
 
 // Counts the row's non-finite logits and writes a degenerate row (no usable logit: experts
 // 0..k-1, uniform weights). Returns whether the row still needs a selection.
+template <bool kRedux>
 __device__ bool count_and_check_usable(const RouteParams& p, int64_t token, RowScan& scan,
                                        int lane) {
-  const int non_finite = warp_sum(scan.non_finite);
+  const int non_finite = WarpReduce<kRedux>::sum(scan.non_finite);
   if (lane == 0 && non_finite > 0 && p.diagnostics != nullptr)
     atomicAdd(p.diagnostics + kDiagNonFiniteLogit, non_finite);
   if (__any_sync(kFullMask, scan.usable)) return true;
@@ -178,10 +223,10 @@ __device__ bool count_and_check_usable(const RouteParams& p, int64_t token, RowS
 
 // Softmax statistics of the row: the lanes' partial max and +inf counts reduced, then the sum of
 // exp(v - max) over finite logits, lane_sum(max) giving each lane's share.
-template <class LaneSum>
+template <bool kRedux, class LaneSum>
 __device__ core::SoftmaxStats reduce_softmax_stats(core::SoftmaxStats stats, LaneSum lane_sum) {
-  stats.max = warp_max(stats.max);
-  stats.num_pos_inf = warp_sum(stats.num_pos_inf);
+  stats.max = WarpReduce<kRedux>::max(stats.max);
+  stats.num_pos_inf = WarpReduce<kRedux>::sum(stats.num_pos_inf);
   stats.sum = stats.num_pos_inf == 0 ? warp_sum(lane_sum(stats.max)) : 0.0f;
   return stats;
 }
@@ -259,6 +304,7 @@ __device__ __forceinline__ void sort_by_rank(float (&key)[N], int (&expert)[N]) 
 
 template <class T, int kKeysPerLane>
 __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p) {
+  constexpr bool kRedux = kKeysPerLane <= 4;  // WarpReduce: measured faster there only
   wait_for_previous_kernel();
   extern __shared__ float shared[];  // grouped_topk: keys and group scores, per warp
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -301,13 +347,13 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
       if (grouped) staged[e] = key[i];
     }
   }
-  if (!count_and_check_usable(p, token, scan, lane)) return;
+  if (!count_and_check_usable<kRedux>(p, token, scan, lane)) return;
 
   // Softmax statistics before the pairs are sorted: each lane sums its experts in increasing
   // order, as route_topk_long_kernel and every earlier version do, so the weights keep their bits.
   core::SoftmaxStats stats;
   if (p.kind == RoutingKind::softmax_topk) {
-    stats = reduce_softmax_stats(scan.stats, [&](float max) {
+    stats = reduce_softmax_stats<kRedux>(scan.stats, [&](float max) {
       float sum = 0.0f;
 #pragma unroll
       for (int i = 0; i < kKeysPerLane; ++i)
@@ -332,9 +378,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
   sort_by_rank(key, expert);
   int selected = -1;
   for (int j = 0; j < p.top_k; ++j) {
-    float best_key = key[0];
-    int best = expert[0];
-    warp_best(best_key, best);
+    const int best = WarpReduce<kRedux>::best_index(key[0], expert[0]);
     if (expert[0] == best && best != INT_MAX) {
 #pragma unroll
       for (int i = 0; i + 1 < kKeysPerLane; ++i) {
@@ -374,7 +418,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_long_kernel(RoutePar
       local.offer(core::rank_key(v), e);
     }
   }
-  if (!count_and_check_usable(p, token, scan, lane)) return;
+  if (!count_and_check_usable<false>(p, token, scan, lane)) return;
   if (grouped) {
     const GroupFilter groups = filter_groups(p, staged, lane);
     for (int e = lane; e < p.num_experts; e += kWarpSize)
@@ -384,7 +428,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_long_kernel(RoutePar
 
   core::SoftmaxStats stats;
   if (p.kind == RoutingKind::softmax_topk) {
-    stats = reduce_softmax_stats(scan.stats, [&](float max) {
+    stats = reduce_softmax_stats<false>(scan.stats, [&](float max) {
       float sum = 0.0f;
       for (int e = lane; e < p.num_experts; e += kWarpSize) {
         const float v = to_float(row[e]);
