@@ -50,13 +50,22 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Nothing to do between a warp's first weight loads and its first activation loads.
+struct NoHook {
+  __device__ void operator()() const {}
+};
+
 // acc[w][r] += weights[w] . x[r] over K for kRows weight rows and rows_here (<= kXRows) token
-// rows. A (weight row, token row) sum does not depend on the other rows of the call, nor on kXRows.
-template <class T, int kRows, int kXRows = kRowsPerPass>
+// rows. A (weight row, token row) sum does not depend on the other rows of the call, nor on
+// kXRows. `before_x` runs once, after the first weight loads are issued and before any x is read
+// (the fused decode path waits there for the kernel that writes x).
+template <class T, int kRows, int kXRows = kRowsPerPass, class BeforeX = NoHook>
 __device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
                                             const T* const (&x)[kXRows], int rows_here,
-                                            int64_t k_size, float (&acc)[kRows][kXRows]) {
+                                            int64_t k_size, float (&acc)[kRows][kXRows],
+                                            BeforeX before_x = {}) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
+  bool first = true;
   for (int64_t k0 = lane * kVec; k0 < k_size; k0 += kStepsPerLoad * kWarpStride) {
     uint4 w[kStepsPerLoad][kRows];
 #pragma unroll
@@ -66,6 +75,8 @@ __device__ __forceinline__ void stream_rows(const T* const (&weights)[kRows],
       for (int row = 0; row < kRows; ++row)
         w[step][row] = k < k_size ? load16(weights[row] + k) : make_uint4(0, 0, 0, 0);
     }
+    if (first) before_x();
+    first = false;
 #pragma unroll
     for (int step = 0; step < kStepsPerLoad; ++step) {
       const int64_t k = k0 + step * kWarpStride;
@@ -127,9 +138,10 @@ __device__ __forceinline__ void gate_up_columns(const T* w13, int64_t first, int
 // (the fp32 sum, identical in every lane, stored by one lane) where w2 is the expert's [H, I]
 // weights. Each weight row is read once per kXRows token rows. Every column in
 // [first, first + kColumns) must exist.
-template <class T, int kColumns, int kXRows, class HRow, class Store>
+template <class T, int kColumns, int kXRows, class HRow, class Store, class BeforeX = NoHook>
 __device__ __forceinline__ void down_columns(const T* w2, int64_t first, int64_t intermediate,
-                                             int64_t count, HRow h_row, Store store) {
+                                             int64_t count, HRow h_row, Store store,
+                                             BeforeX before_x = {}) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const T* weights[kColumns];
 #pragma unroll
@@ -140,7 +152,7 @@ __device__ __forceinline__ void down_columns(const T* w2, int64_t first, int64_t
 #pragma unroll
     for (int r = 0; r < kXRows; ++r) x[r] = h_row(pass + min(r, rows_here - 1));
     float acc[kColumns][kXRows] = {};
-    stream_rows<T, kColumns, kXRows>(weights, x, rows_here, intermediate, acc);
+    stream_rows<T, kColumns, kXRows>(weights, x, rows_here, intermediate, acc, before_x);
 #pragma unroll
     for (int c = 0; c < kColumns; ++c) {
 #pragma unroll
