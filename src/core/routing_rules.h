@@ -15,6 +15,7 @@
 // final weight is multiplied by routed_scaling_factor.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "core/host_device.h"
 
@@ -28,6 +29,33 @@ IRONMOE_HD float rank_key(float v) { return v != v ? kNegInf : v; }
 // Whether (key_a, index_a) ranks strictly before (key_b, index_b).
 IRONMOE_HD bool ranks_before(float key_a, int index_a, float key_b, int index_b) {
   return key_a > key_b || (key_a == key_b && index_a < index_b);
+}
+
+// A rank key as 32 bits that order as the keys do, for integer max/min reductions (the CUDA
+// route's redux.sync): a > b iff rank_key_bits(a) > rank_key_bits(b) as unsigned, and -0 and +0,
+// which compare equal, map to the same bits. Keys must not be NaN (rank_key). Negative keys have
+// their bits flipped (larger magnitude, smaller key), others get the sign bit set.
+IRONMOE_HD uint32_t rank_key_bits(float key) {
+  const float zero_as_plus = key + 0.0f;  // -0 + 0 = +0
+#if defined(__CUDA_ARCH__)
+  const uint32_t bits = __float_as_uint(zero_as_plus);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &zero_as_plus, sizeof bits);
+#endif
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
+
+// The inverse of rank_key_bits (a zero comes back as +0).
+IRONMOE_HD float rank_key_from_bits(uint32_t ordered) {
+  const uint32_t bits = (ordered & 0x80000000u) != 0 ? ordered & 0x7fffffffu : ~ordered;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float key;
+  std::memcpy(&key, &bits, sizeof key);
+  return key;
+#endif
 }
 
 IRONMOE_HD float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }

@@ -62,25 +62,14 @@ IRONMOE_HD size_t grouped_shared_floats(int num_experts, int num_groups) {
   return static_cast<size_t>(num_experts) + 2 * static_cast<size_t>(num_groups);
 }
 
-// An order-preserving map of a rank key to 32 bits: a > b as floats iff ordered_bits(a) >
-// ordered_bits(b) as unsigned, with -0 taken as +0 (they compare equal as floats). Rank keys are
-// never NaN. from_ordered_bits is its inverse (up to the sign of zero).
-__device__ __forceinline__ unsigned ordered_bits(float key) {
-  const unsigned bits = __float_as_uint(key + 0.0f);  // -0 + 0 = +0
-  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
-}
-__device__ __forceinline__ float from_ordered_bits(unsigned bits) {
-  return __uint_as_float((bits & 0x80000000u) != 0 ? bits & 0x7fffffffu : ~bits);
-}
-
 // The warp reductions of routing, in two forms that give the same results: kRedux through the
 // warp-reduce unit (redux.sync, one instruction per 32-bit integer reduction; a rank key's max as
-// the max of its ordered_bits; the arg-best as the max key, then the min index among the lanes
-// holding it), otherwise by xor-shuffle butterflies. Which is faster depends on the kernel around
-// them: under ncu on an H200 (session 16) redux took route_topk_kernel<float, 4> (E <= 128) from
-// 5.1 / 4.4 to 4.5 / 3.8 us (1009 -> 765 instructions) but route_topk_kernel<float, 16>
-// (E = 512) from 8.0 / 7.5 to 9.5 / 8.5 us, more cycles with fewer instructions. The float sum
-// is a butterfly in both (its order sets the weights' bits).
+// the max of its core::rank_key_bits; the arg-best as the max key, then the min index among the
+// lanes holding it), otherwise by xor-shuffle butterflies. Which is faster depends on the kernel
+// around them: under ncu on an H200 (session 16) redux took route_topk_kernel<float, 4>
+// (E <= 128) from 5.1 / 4.4 to 4.5 / 3.8 us (1009 -> 765 instructions) but
+// route_topk_kernel<float, 16> (E = 512) from 8.0 / 7.5 to 9.5 / 8.5 us, more cycles with fewer
+// instructions. The float sum is a butterfly in both (its order sets the weights' bits).
 template <bool kRedux>
 struct WarpReduce;
 
@@ -90,7 +79,7 @@ struct WarpReduce<true> {
   // every lane. An exhausted lane offers (-inf, INT_MAX): it can only tie with a real -inf key,
   // and then loses on the index.
   __device__ static int best_index(float key, int index) {
-    const unsigned mine = ordered_bits(key);
+    const unsigned mine = core::rank_key_bits(key);
     const unsigned top = __reduce_max_sync(kFullMask, mine);
     return static_cast<int>(
         __reduce_min_sync(kFullMask, mine == top ? static_cast<unsigned>(index) : UINT_MAX));
@@ -98,7 +87,7 @@ struct WarpReduce<true> {
   __device__ static int sum(int v) { return __reduce_add_sync(kFullMask, v); }
   // Of rank keys (never NaN).
   __device__ static float max(float v) {
-    return from_ordered_bits(__reduce_max_sync(kFullMask, ordered_bits(v)));
+    return core::rank_key_from_bits(__reduce_max_sync(kFullMask, core::rank_key_bits(v)));
   }
 };
 

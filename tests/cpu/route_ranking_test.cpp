@@ -3,9 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <random>
 
+#include "core/routing_rules.h"
 #include "route_helpers.h"
 
 namespace ironmoe::test {
@@ -161,6 +165,75 @@ TEST(RouteRankingGrouped, GroupSizeOneAndFullGroups) {
   const RouteOutput got = run_route(full);
   expect_valid_rows(full, got);
   expect_matches_reference(full, got);
+}
+
+// The ordered bits the CUDA route reduces with redux.sync: integer order is the keys' order,
+// -0 and +0 tie, and the bits map back to the key. Every pair of the special values (infinities,
+// the largest and smallest magnitudes, both zeros) and random pairs of non-NaN bit patterns.
+TEST(RankKeyBits, OrderAndEqualityAsTheKeysHaveThem) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  constexpr float kMax = std::numeric_limits<float>::max();
+  constexpr float kTiny = std::numeric_limits<float>::denorm_min();
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  std::vector<float> keys = {-kInf, -kMax, -1.5f, -kTiny, -0.0f, 0.0f, kTiny, 1.5f, kMax, kInf};
+  std::uniform_int_distribution<uint32_t> any_bits;
+  while (keys.size() < 400) {
+    const uint32_t bits = any_bits(rng.engine());
+    float key;
+    std::memcpy(&key, &bits, sizeof key);
+    if (!std::isnan(key)) keys.push_back(key);
+  }
+  for (float a : keys) {
+    const uint32_t a_bits = core::rank_key_bits(a);
+    ASSERT_EQ(core::rank_key_from_bits(a_bits), a) << a;
+    if (a == 0.0f) {
+      ASSERT_FALSE(std::signbit(core::rank_key_from_bits(a_bits))) << "a zero maps back to +0";
+    }
+    for (float b : keys) {
+      const uint32_t b_bits = core::rank_key_bits(b);
+      ASSERT_EQ(a > b, a_bits > b_bits) << a << " vs " << b;
+      ASSERT_EQ(a == b, a_bits == b_bits) << a << " vs " << b;
+    }
+  }
+}
+
+// The redux arg-best of the CUDA route (the largest key's bits over the lanes, then the smallest
+// index among the lanes holding them) picks what core::ranks_before picks, on 32-lane rounds full
+// of ties (keys from a small set, both zeros and -inf among them) with exhausted lanes offering
+// (-inf, INT_MAX).
+TEST(RankKeyBits, MaxBitsThenMinIndexIsTheArgBest) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const float kInf = std::numeric_limits<float>::infinity();
+  const std::vector<float> few = {-kInf, -2.0f, -0.0f, 0.0f, 0.5f, 0.5f, 3.0f, kInf};
+  constexpr int kLanes = 32;
+  for (int round = 0; round < 2000; ++round) {
+    // Keys from a prefix of `few` (ascending), so that every value of it is the round's best in
+    // some rounds, the two zeros included.
+    const int64_t span = rng.integer(1, static_cast<int64_t>(few.size()));
+    float key[kLanes];
+    int index[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const bool exhausted = rng.chance(0.2);
+      key[lane] = exhausted ? -kInf : few[rng.integer(0, span - 1)];
+      index[lane] = exhausted ? INT_MAX : lane + kLanes * static_cast<int>(rng.integer(0, 15));
+    }
+    int expected = 0;
+    for (int lane = 1; lane < kLanes; ++lane) {
+      if (core::ranks_before(key[lane], index[lane], key[expected], index[expected]))
+        expected = lane;
+    }
+    uint32_t top = 0;
+    for (int lane = 0; lane < kLanes; ++lane) top = std::max(top, core::rank_key_bits(key[lane]));
+    uint32_t best = UINT32_MAX;
+    for (int lane = 0; lane < kLanes; ++lane) {
+      if (core::rank_key_bits(key[lane]) == top)
+        best = std::min(best, static_cast<uint32_t>(index[lane]));
+    }
+    ASSERT_EQ(static_cast<int>(best), index[expected]) << "round " << round;
+    ASSERT_EQ(core::rank_key_from_bits(top), key[expected]) << "round " << round;
+  }
 }
 
 }  // namespace
