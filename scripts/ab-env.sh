@@ -29,27 +29,4 @@ for ((round = 1; round <= rounds; ++round)); do
     fi
   done
 done
-python3 - "$var" "$work" "${values[@]}" <<'EOF'
-import glob, json, os, statistics, sys
-var, work, values = sys.argv[1], sys.argv[2], sys.argv[3:]
-medians = {}  # (preset, tokens) -> value -> [median_us per round]
-order = []
-for value in values:
-    for path in sorted(glob.glob(os.path.join(work, f"{value}-*.json"))):
-        for row in json.load(open(path))["rows"]:
-            if "median_us" not in row:
-                continue
-            key = (row["preset"], row["tokens"])
-            if key not in medians:
-                medians[key] = {}
-                order.append(key)
-            medians[key].setdefault(value, []).append(row["median_us"])
-header = f"{'preset':20s} {'tokens':>7s}" + "".join(f" {var + '=' + v:>24s}" for v in values)
-print(header + "  change")
-for key in order:
-    cells = [statistics.median(medians[key][v]) if v in medians[key] else float("nan")
-             for v in values]
-    text = "".join(f" {c:24.1f}" for c in cells)
-    change = ", ".join(f"{(c / cells[0] - 1) * 100:+.1f}%" for c in cells[1:])
-    print(f"{key[0]:20s} {key[1]:7d}{text}  {change}")
-EOF
+python3 "$(dirname "$0")/ab_summary.py" "$var" "$work" "${values[@]}"
