@@ -5,7 +5,7 @@
 // 2000-3000 instructions with nothing to hide their latency).
 //
 // Softmax top-k (ties to the lower index, renormalised) over E = 512 fp32 logits:
-//   one_warp<16>     the library's scheme: lane l holds experts l + 32 i (16 keys), sorts them
+//   one_warp<16, R>  the library's scheme: lane l holds experts l + 32 i (16 keys), sorts them
 //                    once, then k rounds of a warp arg-best over the lanes' heads;
 //   split<W, N>      W warps per token, N = E / (32 W) keys per lane: each warp finds the top k
 //                    of its experts the same way, then warp 0 merges the W k candidates (sorted
@@ -15,11 +15,12 @@
 // kernel's, and every variant's ids are checked against one_warp's. Result (H200, session 15):
 // one warp 3.18 us per launch, 4/8/16 warps 3.76/3.88/4.28 us at every T tried, so the split
 // was not built; what made the library's route slow was its loads (docs/performance.md).
-// one_warp_redux (each round's arg-best by redux.sync instead of shuffles), session 16: 2.71 us
-// against one_warp's 3.20 at T = 1 (2.82 / 3.29 at T = 64). In the library's route kernel the
-// same change was slower at E = 512 and faster at E = 128 (src/cuda/route.cu, WarpReduce).
+// one_warp<16, true> (each round's arg-best by redux.sync instead of shuffles), session 16:
+// 2.71 us against one_warp<16, false>'s 3.20 at T = 1 (2.82 / 3.29 at T = 64). In the library's
+// route kernel the same change was slower at E = 512 and faster at E = 128 (src/cuda/route.cu,
+// WarpReduce).
 //
-//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a bench/route_split_ceiling.cu \
+//   nvcc -std=c++20 -O3 -gencode=arch=compute_90a,code=sm_90a -I src bench/route_split_ceiling.cu \
 //     -o route_split_ceiling && ./route_split_ceiling
 #include <cuda_runtime.h>
 
@@ -28,6 +29,8 @@
 #include <cstdio>
 #include <random>
 #include <vector>
+
+#include "core/routing_rules.h"
 
 constexpr int E = 512, K = 10;
 constexpr unsigned kFull = 0xffffffffu;
@@ -138,7 +141,11 @@ __device__ __forceinline__ void load_sorted_row(const float* row, int lane, floa
   sort_pairs(key, id);
 }
 
-template <int N>
+// The library's scheme, each round's arg-best either by shuffles (take_best) or, kRedux, by the
+// warp-reduce unit: redux.sync max over the heads' ordered key bits (core::rank_key_bits), then
+// min over the ids of the lanes holding that key (ties to the lower index, as `before` breaks
+// them): two instructions instead of five rounds of two shuffles.
+template <int N, bool kRedux>
 __global__ void one_warp(const float* logits, int tokens, int* ids, float* weights) {
   const int lane = threadIdx.x & 31;
   const int token = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -148,42 +155,21 @@ __global__ void one_warp(const float* logits, int tokens, int* ids, float* weigh
   int id[N];
   float max, sum;
   load_sorted_row(row, lane, key, id, max, sum);
-  float best_key = 0.0f;
   int best = -1;
-  take_best(key, id, lane, &best_key, &best);
-  write_row(row, max, sum, best, lane, ids + token * K, weights + token * K);
-}
-
-// An order-preserving map of a float key to 32 bits: a > b as floats iff map(a) > map(b) as
-// unsigned, with -0 taken as +0 (they tie as floats). Keys are never NaN.
-__device__ __forceinline__ unsigned ordered_bits(float key) {
-  const unsigned bits = __float_as_uint(key + 0.0f);  // -0 + 0 = +0
-  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
-}
-
-// one_warp with each round's arg-best done by the warp-reduce unit: redux.sync max over the
-// heads' ordered keys, then min over the ids of the lanes holding that key (ties to the lower
-// index, as `before` breaks them): two instructions instead of five rounds of two shuffles.
-template <int N>
-__global__ void one_warp_redux(const float* logits, int tokens, int* ids, float* weights) {
-  const int lane = threadIdx.x & 31;
-  const int token = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  if (token >= tokens) return;
-  const float* row = logits + (size_t)token * E;
-  float key[N];
-  int id[N];
-  float max, sum;
-  load_sorted_row(row, lane, key, id, max, sum);
-  int best = -1;
-  for (int j = 0; j < K; ++j) {
-    // -inf maps to the lowest bits (0x007fffff), so an exhausted lane's head (-inf, INT_MAX)
-    // can only tie with real -inf keys, and then loses on the id.
-    const unsigned head = ordered_bits(key[0]);
-    const unsigned top = __reduce_max_sync(kFull, head);
-    const int winner = static_cast<int>(
-        __reduce_min_sync(kFull, head == top ? static_cast<unsigned>(id[0]) : 0xffffffffu));
-    if (id[0] == winner) drop_head(key, id);
-    if (lane == j) best = winner;
+  if constexpr (kRedux) {
+    for (int j = 0; j < K; ++j) {
+      // -inf maps to the lowest bits, so an exhausted lane's head (-inf, INT_MAX) can only tie
+      // with real -inf keys, and then loses on the id.
+      const unsigned head = ironmoe::core::rank_key_bits(key[0]);
+      const unsigned top = __reduce_max_sync(kFull, head);
+      const int winner = static_cast<int>(
+          __reduce_min_sync(kFull, head == top ? static_cast<unsigned>(id[0]) : 0xffffffffu));
+      if (id[0] == winner) drop_head(key, id);
+      if (lane == j) best = winner;
+    }
+  } else {
+    float best_key = 0.0f;
+    take_best(key, id, lane, &best_key, &best);
   }
   write_row(row, max, sum, best, lane, ids + token * K, weights + token * K);
 }
@@ -297,15 +283,15 @@ int main() {
            got == want ? "match" : "DIFFER", cudaGetErrorString(cudaGetLastError()));
   };
   for (int tokens : {1, 4, 16, 64}) {
-    one_warp<16><<<(tokens + 3) / 4, 128, 0, st>>>(logits, tokens, ref_ids, weights);
+    one_warp<16, false><<<(tokens + 3) / 4, 128, 0, st>>>(logits, tokens, ref_ids, weights);
     cudaStreamSynchronize(st);
     time("empty kernel", tokens, [&](int) { empty_kernel<<<1, 32, 0, st>>>(ids); });
     cudaMemcpy(ids, ref_ids, tokens * K * 4, cudaMemcpyDeviceToDevice);
     time("one warp, 16 keys per lane", tokens, [&](int t) {
-      one_warp<16><<<(t + 3) / 4, 128, 0, st>>>(logits, t, ids, weights);
+      one_warp<16, false><<<(t + 3) / 4, 128, 0, st>>>(logits, t, ids, weights);
     });
     time("one warp, redux arg-best", tokens, [&](int t) {
-      one_warp_redux<16><<<(t + 3) / 4, 128, 0, st>>>(logits, t, ids, weights);
+      one_warp<16, true><<<(t + 3) / 4, 128, 0, st>>>(logits, t, ids, weights);
     });
     time("4 warps, 4 keys per lane", tokens,
          [&](int t) { split<4, 4><<<t, 128, 0, st>>>(logits, t, ids, weights); });
