@@ -33,7 +33,7 @@ void combine(const CombineArgs& args, const Stream& stream) {
                            {api::byte_range("permuted_out", args.permuted_out),
                             api::byte_range("slot_to_row", args.slot_to_row),
                             api::byte_range("topk_weights", args.topk_weights),
-                            api::num_valid_range(args.num_valid_tokens)});
+                            api::num_valid_range(where, args.num_valid_tokens)});
 
   if (device.is_cpu()) {
     cpu::combine(args, stream.threads);

@@ -33,14 +33,14 @@ void check_no_shared_memory(const char* where, const Inputs& inputs, const Weigh
   using api::byte_range;
   const api::ByteRange ws = byte_range("workspace", workspace, workspace_bytes);
   const api::ByteRange diagnostics =
-      api::diagnostics_range(inputs.diagnostics, "inputs.diagnostics");
+      api::diagnostics_range(where, inputs.diagnostics, "inputs.diagnostics");
   api::check_outputs_apart(
       where, {ws, diagnostics, byte_range("outputs.out", outputs.out)},
       {byte_range("inputs.router_logits", inputs.router_logits),
        byte_range("inputs.correction_bias", inputs.correction_bias),
        byte_range("inputs.topk_ids", inputs.topk_ids),
        byte_range("inputs.topk_weights", inputs.topk_weights),
-       api::num_valid_range(inputs.num_valid_tokens, "inputs.num_valid_tokens"),
+       api::num_valid_range(where, inputs.num_valid_tokens, "inputs.num_valid_tokens"),
        byte_range("weights.w13", weights.w13), byte_range("weights.w2", weights.w2),
        byte_range("weights.w13_scale", weights.w13_scale),
        byte_range("weights.w2_scale", weights.w2_scale),

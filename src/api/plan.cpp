@@ -61,15 +61,15 @@ void plan(const PlanArgs& args, const Stream& stream) {
   api::check_scratch(where, args.scratch, args.scratch_bytes,
                      plan_scratch_bytes(tokens, top_k, local_experts, device));
 
-  api::check_outputs_apart(
-      where,
-      {api::byte_range("expert_counts", args.expert_counts),
-       api::byte_range("expert_offsets", args.expert_offsets),
-       api::byte_range("slot_to_row", args.slot_to_row),
-       api::byte_range("row_to_slot", args.row_to_slot),
-       api::byte_range("scratch", args.scratch, args.scratch_bytes),
-       api::diagnostics_range(args.diagnostics)},
-      {api::byte_range("topk_ids", args.topk_ids), api::num_valid_range(args.num_valid_tokens)});
+  api::check_outputs_apart(where,
+                           {api::byte_range("expert_counts", args.expert_counts),
+                            api::byte_range("expert_offsets", args.expert_offsets),
+                            api::byte_range("slot_to_row", args.slot_to_row),
+                            api::byte_range("row_to_slot", args.row_to_slot),
+                            api::byte_range("scratch", args.scratch, args.scratch_bytes),
+                            api::diagnostics_range(where, args.diagnostics)},
+                           {api::byte_range("topk_ids", args.topk_ids),
+                            api::num_valid_range(where, args.num_valid_tokens)});
 
   if (device.is_cpu()) {
     cpu::plan(args, stream.threads);

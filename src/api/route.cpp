@@ -43,10 +43,10 @@ void route(const RoutingConfig& routing, const RouteArgs& args, const Stream& st
   api::check_outputs_apart(where,
                            {api::byte_range("topk_ids", args.topk_ids),
                             api::byte_range("topk_weights", args.topk_weights),
-                            api::diagnostics_range(args.diagnostics)},
+                            api::diagnostics_range(where, args.diagnostics)},
                            {api::byte_range("logits", args.logits),
                             api::byte_range("correction_bias", args.correction_bias),
-                            api::num_valid_range(args.num_valid_tokens)});
+                            api::num_valid_range(where, args.num_valid_tokens)});
 
   if (device.is_cpu()) {
     cpu::route(routing, args, stream.threads);

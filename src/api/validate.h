@@ -57,14 +57,21 @@ void check_disjoint(const char* where, const ByteRange& written,
 // A stage's outputs share no byte with each other or with its inputs.
 void check_outputs_apart(const char* where, std::initializer_list<ByteRange> outputs,
                          std::initializer_list<ByteRange> inputs);
-// The optional diagnostics buffer (int32[kDiagnosticCount]) and num_valid_tokens (one int32).
-inline ByteRange diagnostics_range(const int32_t* diagnostics,
-                                   const char* name = "diagnostics") {
-  return byte_range(name, diagnostics, kDiagnosticCount * sizeof(int32_t));
+// The optional diagnostics buffer (int32[kDiagnosticCount]) and num_valid_tokens (one int32),
+// after checking that a given pointer is int32-aligned: the kernels and the CPU backend load and
+// update them as int32 (atomically, for diagnostics), which a misaligned address would fault.
+inline ByteRange int32_range(const char* where, const char* name, const int32_t* data,
+                             size_t count) {
+  check_pointer_alignment(where, name, data, alignof(int32_t));
+  return byte_range(name, data, count * sizeof(int32_t));
 }
-inline ByteRange num_valid_range(const int32_t* num_valid_tokens,
+inline ByteRange diagnostics_range(const char* where, const int32_t* diagnostics,
+                                   const char* name = "diagnostics") {
+  return int32_range(where, name, diagnostics, kDiagnosticCount);
+}
+inline ByteRange num_valid_range(const char* where, const int32_t* num_valid_tokens,
                                  const char* name = "num_valid_tokens") {
-  return byte_range(name, num_valid_tokens, sizeof(int32_t));
+  return int32_range(where, name, num_valid_tokens, 1);
 }
 
 // The stream names a device this build can run on.

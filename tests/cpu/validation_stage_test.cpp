@@ -366,5 +366,49 @@ TEST(StageValidation, OutputsSharingMemoryWithAnotherArgumentAreRefused) {
                       "input scale inside x");
 }
 
+// num_valid_tokens and diagnostics are loaded and updated as int32 (atomically, for diagnostics):
+// a pointer off int32 alignment is refused with its name instead of faulting in a kernel.
+TEST(StageValidation, MisalignedInt32SideBuffersAreRefused) {
+  Buffers b;
+  alignas(8) unsigned char side[64] = {};
+  const auto misaligned = reinterpret_cast<int32_t*>(side + 2);
+  RouteArgs route_bad = valid_route(b);
+  route_bad.num_valid_tokens = misaligned;
+  expect_error_naming([&] { route(RoutingConfig{}, route_bad, Stream::cpu()); },
+                      {"num_valid_tokens", "align"}, "route num_valid_tokens misaligned");
+  route_bad = valid_route(b);
+  route_bad.diagnostics = misaligned;
+  expect_error_naming([&] { route(RoutingConfig{}, route_bad, Stream::cpu()); },
+                      {"diagnostics", "align"}, "route diagnostics misaligned");
+  PlanArgs plan_bad = valid_plan(b);
+  plan_bad.diagnostics = misaligned;
+  expect_error_naming([&] { plan(plan_bad, Stream::cpu()); }, {"diagnostics", "align"},
+                      "plan diagnostics misaligned");
+  // The same buffers, aligned, pass.
+  RouteArgs route_ok = valid_route(b);
+  route_ok.num_valid_tokens = reinterpret_cast<int32_t*>(side);
+  route_ok.diagnostics = reinterpret_cast<int32_t*>(side + 8);
+  EXPECT_NO_THROW(route(RoutingConfig{}, route_ok, Stream::cpu()));
+}
+
+// fp8_input_scale's x has int32 tokens and at least one column: a [2^62, 0] x would otherwise
+// pass every byte check (it holds no bytes) and loop over empty rows.
+TEST(StageValidation, InputScaleRefusesXWithoutColumnsOrTooManyTokens) {
+  Buffers b;
+  std::vector<float> scale(1, 0.0f);
+  Fp8InputScaleArgs args;
+  args.x = f32(b.x, {kTokens, kHidden});
+  args.scale = f32(scale, {1});
+  EXPECT_NO_THROW(fp8_input_scale(args, Stream::cpu()));
+  EXPECT_GT(scale[0], 0.0f);
+  Fp8InputScaleArgs bad = args;
+  bad.x = f32(b.x, {kTokens, 0});
+  expect_error_naming([&] { fp8_input_scale(bad, Stream::cpu()); }, {"x", "H"},
+                      "x without columns");
+  bad.x = f32(b.x, {int64_t{1} << 62, 0});
+  expect_error_naming([&] { fp8_input_scale(bad, Stream::cpu()); }, {"x", "tokens"},
+                      "x with 2^62 empty rows");
+}
+
 }  // namespace
 }  // namespace ironmoe::test
