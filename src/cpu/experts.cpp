@@ -2,6 +2,7 @@
 // experts are experts_fp8.cpp.
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "core/check.h"
 #include "cpu/cpu_backend.h"
@@ -50,7 +51,8 @@ void run_experts(const ExpertArgs& args, const Problem& problem, ThreadPool* thr
 // The row ranges are device-side data, but on the CPU they can be checked before any access:
 // each inside [0, R), and no row in two of them (two experts would write it at once from two
 // threads). Ranges in increasing order (every layout plan() writes) take one pass; others are
-// compared pairwise, allocating nothing.
+// sorted by first row and compared with their neighbour, so any number of experts costs
+// O(E log E), not a pairwise sweep.
 void check_row_ranges(const Problem& problem, int64_t rows) {
   const int64_t experts = problem.local_experts;
   bool increasing = true;
@@ -66,16 +68,29 @@ void check_row_ranges(const Problem& problem, int64_t rows) {
     end_so_far = std::max(end_so_far, first + count);
   }
   if (increasing) return;
-  for (int64_t a = 0; a < experts; ++a) {
-    if (problem.counts[a] == 0) continue;
-    const int64_t a_first = problem.offsets[a], a_end = a_first + problem.counts[a];
-    for (int64_t b = a + 1; b < experts; ++b) {
-      const int64_t b_first = problem.offsets[b], b_end = b_first + problem.counts[b];
-      IRONMOE_CHECK(problem.counts[b] == 0 || b_end <= a_first || a_end <= b_first, "experts",
-                    "expert_offsets/expert_counts: the row ranges of local experts ", a, " and ", b,
-                    " overlap ([", a_first, ", ", a_end, ") and [", b_first, ", ", b_end,
+  std::vector<int64_t> by_first;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (problem.counts[e] > 0) by_first.push_back(e);
+  }
+  std::sort(by_first.begin(), by_first.end(), [&](int64_t a, int64_t b) {
+    return problem.offsets[a] != problem.offsets[b] ? problem.offsets[a] < problem.offsets[b]
+                                                    : a < b;
+  });
+  // Sorted by first row, a range overlaps some earlier one exactly when it overlaps the earlier
+  // range reaching furthest; that one is named.
+  int64_t furthest = -1;
+  for (const int64_t e : by_first) {
+    const int64_t first = problem.offsets[e], end = first + problem.counts[e];
+    if (furthest >= 0) {
+      const int64_t f_first = problem.offsets[furthest];
+      const int64_t f_end = f_first + problem.counts[furthest];
+      IRONMOE_CHECK(first >= f_end, "experts",
+                    "expert_offsets/expert_counts: the row ranges of local experts ",
+                    std::min(e, furthest), " and ", std::max(e, furthest), " overlap ([", f_first,
+                    ", ", f_end, ") and [", first, ", ", end,
                     ")); each row belongs to one expert at most");
     }
+    if (furthest < 0 || end > problem.offsets[furthest] + problem.counts[furthest]) furthest = e;
   }
 }
 

@@ -234,5 +234,38 @@ TEST(StageRanges, RangesOutsideTheRowsOrSharingARowAreRefused) {
   }
 }
 
+// An engine's ranges may come in any order for any number of experts: 2^16 one-row ranges in
+// reverse order are accepted and computed, and one pair sharing a row far apart in that order is
+// refused naming both (the check sorts the ranges instead of comparing every pair).
+TEST(StageRanges, ManyRangesInReverseOrderAreCheckedByFirstRow) {
+  Rng rng = Rng::for_current_test();
+  constexpr int64_t kLocal = int64_t{1} << 16, kRows = kLocal, kHidden = 8, kInter = 8;
+  const Buffer in = Buffer::from(DType::f32, rng.nonzero_vector(kRows * kHidden, 1.0f));
+  const Buffer w13 =
+      Buffer::from(DType::f32, rng.nonzero_vector(kLocal * 2 * kInter * kHidden, 0.2f));
+  const Buffer w2 = Buffer::from(DType::f32, rng.nonzero_vector(kLocal * kHidden * kInter, 0.3f));
+  std::vector<int32_t> offsets(kLocal), counts(kLocal, 1);
+  for (int64_t e = 0; e < kLocal; ++e) offsets[e] = static_cast<int32_t>(kLocal - 1 - e);
+  ThreadPool pool(2);
+  Buffer intermediate = Buffer::poisoned(DType::f32, kRows * kInter);
+  Buffer out = Buffer::poisoned(DType::f32, kRows * kHidden);
+  const std::vector<uint8_t> untouched = out.bytes();
+  EXPECT_NO_THROW(
+      experts(expert_stage_args(in, offsets, counts, w13, w2, intermediate, out, kHidden, kInter),
+              Stream::cpu(&pool)));
+  EXPECT_NE(out.bytes(), untouched);
+
+  offsets[kLocal - 1] = offsets[1];  // expert 65535 now shares expert 1's row; row 0 is empty
+  Buffer refused_out = Buffer::poisoned(DType::f32, kRows * kHidden);
+  expect_error_naming(
+      [&] {
+        experts(expert_stage_args(in, offsets, counts, w13, w2, intermediate, refused_out, kHidden,
+                                  kInter),
+                Stream::cpu(&pool));
+      },
+      {"local experts 1 and 65535", "overlap"}, "two of 2^16 reversed ranges share a row");
+  EXPECT_EQ(refused_out.bytes(), untouched) << "a refused call wrote rows";
+}
+
 }  // namespace
 }  // namespace ironmoe::test
