@@ -63,7 +63,8 @@ enum class QuantScheme : uint8_t { none, fp8_tensor, fp8_channel, fp8_block };
 const char* quant_scheme_name(QuantScheme quant);
 
 // Counters of the optional diagnostics buffer (int32[kDiagnosticCount] on the stage's device).
-// Counting is the only thing atomics are used for; no result depends on them.
+// Counting is the only thing atomics are used for; no result depends on them. Counts add to what
+// the buffer holds (the caller zeroes it) and stop at INT32_MAX rather than wrap.
 enum DiagnosticCounter : int {
   kDiagIdOutOfRange = 0,    // valid-row slot whose id is outside [0, E) (includes -1)
   kDiagIdRemote = 1,        // valid-row slot whose id is in [0, E) but outside the local range

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "core/diagnostic_count.h"
 #include "ironmoe/stream.h"
 
 namespace ironmoe::cpu {
@@ -18,10 +19,15 @@ inline void parallel_for(ThreadPool* threads, int64_t n, RangeBody body) {
   }
 }
 
-// Counting is the only shared write of the CPU stages, hence the atomic (no result depends on it).
-inline void add_diagnostic(int32_t* diagnostics, DiagnosticCounter counter, int32_t count) {
-  if (diagnostics == nullptr || count == 0) return;
-  std::atomic_ref<int32_t>(diagnostics[counter]).fetch_add(count, std::memory_order_relaxed);
+// Counting is the only shared write of the CPU stages, hence the atomic (no result depends on it);
+// the add saturates at INT32_MAX like the kernels' (core/diagnostic_count.h).
+inline void add_diagnostic(int32_t* diagnostics, DiagnosticCounter counter, int64_t count) {
+  if (diagnostics == nullptr || count <= 0) return;
+  std::atomic_ref<int32_t> word(diagnostics[counter]);
+  int32_t seen = word.load(std::memory_order_relaxed);
+  while (!word.compare_exchange_weak(seen, core::saturated_count(seen, count),
+                                     std::memory_order_relaxed)) {
+  }
 }
 
 }  // namespace ironmoe::cpu

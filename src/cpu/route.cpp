@@ -105,7 +105,7 @@ void route(const RoutingConfig& routing, const RouteArgs& args, ThreadPool* thre
   float* out_weights = args.topk_weights.ptr<float>();
 
   parallel_for(threads, tokens, [&](int64_t begin, int64_t end) {
-    int32_t non_finite = 0;
+    int64_t non_finite = 0;  // a chunk may hold more than 2^31 logits
     for (int64_t t = begin; t < end; ++t) {
       int32_t* ids = out_ids + t * top_k;
       float* weights = out_weights + t * top_k;

@@ -27,6 +27,7 @@
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/diagnostics.cuh"
 #include "cuda/gemm/weight_stream.cuh"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/launch.cuh"
@@ -76,8 +77,8 @@ __device__ core::SlotPlace slot_place(const DecodeParams& p, int lane) {
 __device__ void count_skipped_ids(const core::SlotPlace& place, int32_t* diagnostics, int lane) {
   const int out_of_range = __popc(__ballot_sync(kFullMask, place.out_of_range));
   const int remote = __popc(__ballot_sync(kFullMask, place.remote));
-  if (lane == 0 && out_of_range > 0) atomicAdd(diagnostics + kDiagIdOutOfRange, out_of_range);
-  if (lane == 0 && remote > 0) atomicAdd(diagnostics + kDiagIdRemote, remote);
+  if (lane == 0 && out_of_range > 0) add_diagnostic(diagnostics + kDiagIdOutOfRange, out_of_range);
+  if (lane == 0 && remote > 0) add_diagnostic(diagnostics + kDiagIdRemote, remote);
 }
 
 // The batch's placed slots grouped by local expert (shared memory): group g holds expert[g] and its

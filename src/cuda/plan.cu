@@ -30,6 +30,7 @@
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/diagnostics.cuh"
 #include "cuda/launch.cuh"
 
 namespace ironmoe::cuda {
@@ -118,8 +119,8 @@ __device__ void count_chunk(const PlanParams& p, const int (&expert)[kSlotsPerTh
   out_of_range = warp_sum(out_of_range);
   remote = warp_sum(remote);
   if (threadIdx.x % kWarpSize == 0) {
-    if (out_of_range > 0) atomicAdd(p.diagnostics + kDiagIdOutOfRange, out_of_range);
-    if (remote > 0) atomicAdd(p.diagnostics + kDiagIdRemote, remote);
+    if (out_of_range > 0) add_diagnostic(p.diagnostics + kDiagIdOutOfRange, out_of_range);
+    if (remote > 0) add_diagnostic(p.diagnostics + kDiagIdRemote, remote);
   }
 }
 
@@ -217,7 +218,7 @@ __device__ void finish_expert_ranges(const PlanParams& p, int carry, int overflo
   }
   overflow = warp_sum(overflow);
   if (tid % kWarpSize == 0 && overflow > 0 && p.diagnostics != nullptr)
-    atomicAdd(p.diagnostics + kDiagCapacityOverflow, overflow);
+    add_diagnostic(p.diagnostics + kDiagCapacityOverflow, overflow);
 }
 
 // One block. Up to kScanThreads experts at a time ("columns"); each column's chunks are split

@@ -25,6 +25,7 @@
 #include "core/routing_rules.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
+#include "cuda/diagnostics.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/storage.cuh"
 
@@ -199,7 +200,7 @@ __device__ bool count_and_check_usable(const RouteParams& p, int64_t token, RowS
                                        int lane) {
   const int non_finite = WarpReduce<kRedux>::sum(scan.non_finite);
   if (lane == 0 && non_finite > 0 && p.diagnostics != nullptr)
-    atomicAdd(p.diagnostics + kDiagNonFiniteLogit, non_finite);
+    add_diagnostic(p.diagnostics + kDiagNonFiniteLogit, non_finite);
   if (__any_sync(kFullMask, scan.usable)) return true;
   float weights[core::kMaxTopK];
   core::finalize_weights(weights, p.top_k, true, p.renormalize, p.scaling);

@@ -4,7 +4,9 @@
 // stage is checked on inputs an engine could hand it directly.
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <cmath>
+#include <string>
 
 #include "reference_moe.h"
 #include "test_util.h"
@@ -265,6 +267,46 @@ TEST(StageRanges, ManyRangesInReverseOrderAreCheckedByFirstRow) {
       },
       {"local experts 1 and 65535", "overlap"}, "two of 2^16 reversed ranges share a row");
   EXPECT_EQ(refused_out.bytes(), untouched) << "a refused call wrote rows";
+}
+
+// The diagnostics counters add up across calls and stop at INT32_MAX instead of wrapping to a
+// negative count (core/diagnostic_count.h): route's non-finite count and plan's out-of-range
+// count, from just below the limit and from a small start.
+TEST(StageDiagnostics, CountersSaturateAtInt32Max) {
+  constexpr int64_t kTokens = 6, kExperts = 8, kTopK = 2;
+  for (const int32_t start : {INT32_MAX - 3, 5}) {
+    SCOPED_TRACE("start " + std::to_string(start));
+    std::vector<float> logits(kTokens * kExperts, std::nanf(""));
+    std::vector<int32_t> ids(kTokens * kTopK, 0);
+    std::vector<float> weights(kTokens * kTopK, 0.0f);
+    std::vector<int32_t> diagnostics(kDiagnosticCount, start);
+    RouteArgs r;
+    r.logits = TensorView::contiguous(logits.data(), DType::f32, {kTokens, kExperts});
+    r.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {kTokens, kTopK});
+    r.topk_weights = TensorView::contiguous(weights.data(), DType::f32, {kTokens, kTopK});
+    r.diagnostics = diagnostics.data();
+    ThreadPool pool(3);
+    route(RoutingConfig{}, r, Stream::cpu(&pool));
+    EXPECT_EQ(diagnostics[kDiagNonFiniteLogit],
+              std::min<int64_t>(int64_t{start} + kTokens * kExperts, INT32_MAX));
+
+    std::fill(ids.begin(), ids.end(), static_cast<int32_t>(kExperts + 3));  // all out of range
+    std::vector<int32_t> counts(kExperts), offsets(kExperts + 1), slot_to_row(kTokens * kTopK),
+        row_to_slot(kTokens * kTopK);
+    PlanArgs pa;
+    pa.topk_ids = TensorView::contiguous(ids.data(), DType::i32, {kTokens, kTopK});
+    pa.num_experts = kExperts;
+    pa.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {kExperts});
+    pa.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {kExperts + 1});
+    pa.slot_to_row = TensorView::contiguous(slot_to_row.data(), DType::i32, {kTokens, kTopK});
+    pa.row_to_slot = TensorView::contiguous(row_to_slot.data(), DType::i32, {kTokens * kTopK});
+    pa.diagnostics = diagnostics.data();
+    plan(pa, Stream::cpu(&pool));
+    EXPECT_EQ(diagnostics[kDiagIdOutOfRange],
+              std::min<int64_t>(int64_t{start} + kTokens * kTopK, INT32_MAX));
+    EXPECT_EQ(diagnostics[kDiagIdRemote], start);
+    EXPECT_EQ(diagnostics[kDiagCapacityOverflow], start);
+  }
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // compared. Weights: |gpu - cpu| <= 2e-5 * |cpu| + 1e-7 * scaling (softmax sums are reduced in
 // a different order; expf differs by up to 2 ulp).
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -28,6 +29,7 @@ struct RouteProblem {
   std::vector<float> logits;         // [tokens, stride], already rounded to dtype
   std::vector<float> bias;           // [E] or empty
   std::optional<int32_t> num_valid;  // none: no num_valid_tokens pointer
+  int32_t diagnostics_start = 0;     // every counter's value before the call
 };
 
 struct RouteResult {
@@ -43,7 +45,7 @@ RouteResult route_on_cpu(const RouteProblem& p) {
   RouteResult result;
   result.ids.assign(static_cast<size_t>(p.tokens * p.top_k), 0x5a5a5a5a);
   result.weights.assign(result.ids.size(), std::nanf(""));
-  result.diagnostics.assign(kDiagnosticCount, 0);
+  result.diagnostics.assign(kDiagnosticCount, p.diagnostics_start);
   const int32_t num_valid = p.num_valid.value_or(0);
   RouteArgs args;
   args.logits = rows_view(logits.data(), dtype, p.tokens, p.experts, p.stride, Device::cpu());
@@ -63,7 +65,7 @@ RouteResult route_on_gpu(const RouteProblem& p, cudaStream_t stream) {
   const DeviceBuffer<float> bias(p.bias);
   DeviceBuffer<int32_t> ids(p.tokens * p.top_k);
   DeviceBuffer<float> weights(p.tokens * p.top_k);
-  DeviceBuffer<int32_t> diagnostics(std::vector<int32_t>(kDiagnosticCount, 0));
+  DeviceBuffer<int32_t> diagnostics(std::vector<int32_t>(kDiagnosticCount, p.diagnostics_start));
   const DeviceBuffer<int32_t> num_valid(std::vector<int32_t>{p.num_valid.value_or(0)});
   ids.fill_bytes(kPoisonIndexByte);
   weights.fill_bytes(kPoisonFloatByte);
@@ -247,6 +249,29 @@ TEST_F(RouteEdges, ZeroTokensWritesNothing) {
   const RouteResult gpu = route_on_gpu(p, stream());
   EXPECT_TRUE(gpu.ids.empty());
   EXPECT_EQ(gpu.diagnostics, std::vector<int32_t>(kDiagnosticCount, 0));
+}
+
+// The non-finite counter adds up across calls and stops at INT32_MAX instead of wrapping: 64
+// all-NaN rows of 128 logits from INT32_MAX - 100 end at INT32_MAX on both backends, and from 5
+// at 5 + 64 * 128.
+TEST_F(RouteEdges, NonFiniteCounterSaturates) {
+  for (const int32_t start : {INT32_MAX - 100, 5}) {
+    SCOPED_TRACE("start " + std::to_string(start));
+    RouteProblem p;
+    p.routing.kind = RoutingKind::softmax_topk;
+    p.tokens = 64;
+    p.experts = 128;
+    p.top_k = 8;
+    p.stride = 128;
+    p.logits.assign(static_cast<size_t>(p.tokens * p.stride), std::nanf(""));
+    p.diagnostics_start = start;
+    const RouteResult gpu = route_on_gpu(p, stream());
+    const RouteResult cpu = route_on_cpu(p);
+    const int64_t expected = std::min<int64_t>(int64_t{start} + p.tokens * p.experts, INT32_MAX);
+    EXPECT_EQ(gpu.diagnostics[kDiagNonFiniteLogit], expected);
+    EXPECT_EQ(cpu.diagnostics[kDiagNonFiniteLogit], expected);
+    expect_same_routing(p, gpu, cpu);
+  }
 }
 
 // Every row past a device-side count, including a count of 0 and a negative one.
