@@ -45,7 +45,8 @@ struct MoeConfig {
 
   int64_t local_expert_end() const { return expert_end < 0 ? num_experts : expert_end; }
   int64_t num_local_experts() const { return local_expert_end() - expert_begin; }
-  // Rows of the permuted activation buffers: T * k (contiguous) or E_local * capacity (batched).
+  // Rows of the permuted activation buffers: T * k (contiguous) or E_local * capacity (batched);
+  // 0 when a factor is <= 0, INT64_MAX when the product does not fit.
   int64_t permuted_rows(int64_t tokens) const;
   int64_t capacity() const { return batched_capacity > 0 ? batched_capacity : max_tokens; }
 

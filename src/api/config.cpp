@@ -71,8 +71,14 @@ void check_routing(const char* where, const RoutingConfig& routing, int64_t num_
 
 }  // namespace api
 
+// Saturates at INT64_MAX where the product overflows (an unvalidated config or token count), so
+// a caller sizing buffers from it gets a size every allocation and check refuses, not a wrap.
 int64_t MoeConfig::permuted_rows(int64_t tokens) const {
-  return layout == Layout::batched ? num_local_experts() * capacity() : tokens * top_k;
+  const int64_t a = layout == Layout::batched ? num_local_experts() : tokens;
+  const int64_t b = layout == Layout::batched ? capacity() : top_k;
+  if (a <= 0 || b <= 0) return 0;
+  int64_t rows = 0;
+  return __builtin_mul_overflow(a, b, &rows) ? INT64_MAX : rows;
 }
 
 void MoeConfig::validate() const {

@@ -125,9 +125,11 @@ TensorView TensorView::rows(const void* data, DType dtype, int64_t num_rows, int
   return view;
 }
 
-// Saturates at INT64_MAX for shapes whose product overflows (validation refuses those), so that
-// a hostile view never makes this overflow.
+// Saturates at INT64_MAX for shapes whose product overflows, and for an ndim outside
+// [0, kMaxDims] (validation refuses those), so that a hostile view never makes this overflow or
+// read past its shape array.
 int64_t TensorView::numel() const {
+  if (ndim < 0 || ndim > kMaxDims) return INT64_MAX;
   for (int d = 0; d < ndim; ++d) {
     if (shape[d] == 0) return 0;
   }
@@ -139,7 +141,9 @@ int64_t TensorView::numel() const {
 }
 
 // Strides of dimensions of size 1 are irrelevant, and an empty tensor is trivially contiguous.
+// A view with an ndim outside [0, kMaxDims] is not.
 bool TensorView::is_contiguous() const {
+  if (ndim < 0 || ndim > kMaxDims) return false;
   if (numel() == 0) return true;
   int64_t expected = 1;
   for (int d = ndim - 1; d >= 0; --d) {

@@ -298,6 +298,20 @@ TEST(Validation, ShapesAndStridesBeyondInt64AreClearErrors) {
   EXPECT_FALSE(huge.is_contiguous());
   huge.ndim = 4;
   EXPECT_EQ(huge.numel(), 0) << "a zero dimension makes any shape empty";
+  // An ndim outside [0, kMaxDims] reads no dimension past the arrays (the sanitizer build would
+  // flag it) and is neither small nor contiguous; check_tensor refuses it by name.
+  for (const int bad_ndim : {kMaxDims + 1, 1 << 30, -1}) {
+    TensorView odd = TensorView::contiguous(&cell, DType::f32, {1});
+    odd.ndim = bad_ndim;
+    EXPECT_EQ(odd.numel(), INT64_MAX) << "ndim " << bad_ndim;
+    EXPECT_FALSE(odd.is_contiguous()) << "ndim " << bad_ndim;
+  }
+  // The permuted row count of a config nobody validated saturates instead of wrapping.
+  MoeConfig unchecked;
+  unchecked.top_k = 8;
+  EXPECT_EQ(unchecked.permuted_rows(int64_t{1} << 61), INT64_MAX);
+  EXPECT_EQ(unchecked.permuted_rows(-5), 0);
+  EXPECT_EQ(unchecked.permuted_rows(3), 24);
 
   Rng rng = Rng::for_current_test();
   SCOPED_TRACE("seed " + std::to_string(rng.seed()));
