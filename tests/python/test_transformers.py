@@ -50,3 +50,14 @@ def test_unsupported_activation_falls_back_to_batched_mm(monkeypatch):
     prompt = torch.randint(0, config.vocab_size, (1, 7))
     with torch.no_grad():
         assert torch.allclose(ours(prompt).logits, eager(prompt).logits, atol=1e-5)
+
+
+def test_float16_on_the_cpu_falls_back_to_batched_mm(monkeypatch):
+    config = hf_moe.small_configs()["mixtral"]
+    eager = hf_moe.build(config, "eager", torch.float16, "cpu")
+    ours = hf_moe.build(config, ironmoe_hf.NAME, torch.float16, "cpu", eager.state_dict())
+    monkeypatch.setattr(ironmoe, "fused_experts", None)  # must not be reached
+    prompt = torch.randint(0, config.vocab_size, (1, 7))
+    with torch.no_grad():
+        assert torch.allclose(ours(prompt).logits.float(), eager(prompt).logits.float(),
+                              rtol=1e-2, atol=2e-2)

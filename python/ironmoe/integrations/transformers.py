@@ -62,6 +62,8 @@ def _unsupported_reason(module, hidden_states):
         return f"tensors on {hidden_states.device}"
     if hidden_states.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"dtype {hidden_states.dtype}"
+    if device == "cpu" and hidden_states.dtype == torch.float16:
+        return "torch.float16 on the CPU (ironmoe's CPU backend runs float32 and bfloat16)"
     if module.gate_up_proj.dtype != hidden_states.dtype:
         return f"weights in {module.gate_up_proj.dtype} for activations in {hidden_states.dtype}"
     return None
