@@ -62,6 +62,9 @@ bool multiply(int64_t a, int64_t b, int64_t* product) {
   return !__builtin_mul_overflow(a, b, product);
 }
 
+// Whether ndim indexes only the shape and stride arrays.
+bool ndim_in_range(int ndim) { return ndim >= 0 && ndim <= kMaxDims; }
+
 // How many bytes the view's elements span from its first one (strides as given, sizes >= 0, at
 // least one element), or false when a hostile shape or stride would overflow int64 on the way:
 // the backends multiply these out as pointer offsets.
@@ -129,7 +132,7 @@ TensorView TensorView::rows(const void* data, DType dtype, int64_t num_rows, int
 // [0, kMaxDims] (validation refuses those), so that a hostile view never makes this overflow or
 // read past its shape array.
 int64_t TensorView::numel() const {
-  if (ndim < 0 || ndim > kMaxDims) return INT64_MAX;
+  if (!ndim_in_range(ndim)) return INT64_MAX;
   for (int d = 0; d < ndim; ++d) {
     if (shape[d] == 0) return 0;
   }
@@ -143,7 +146,7 @@ int64_t TensorView::numel() const {
 // Strides of dimensions of size 1 are irrelevant, and an empty tensor is trivially contiguous.
 // A view with an ndim outside [0, kMaxDims] is not.
 bool TensorView::is_contiguous() const {
-  if (ndim < 0 || ndim > kMaxDims) return false;
+  if (!ndim_in_range(ndim)) return false;
   if (numel() == 0) return true;
   int64_t expected = 1;
   for (int d = ndim - 1; d >= 0; --d) {

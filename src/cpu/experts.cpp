@@ -77,20 +77,20 @@ void check_row_ranges(const Problem& problem, int64_t rows) {
                                                     : a < b;
   });
   // Sorted by first row, a range overlaps some earlier one exactly when it overlaps the earlier
-  // range reaching furthest; that one is named.
-  int64_t furthest = -1;
+  // range reaching furthest; that one is named. Every first row is >= 0 (checked above), so the
+  // first range passes against furthest_end = 0.
+  int64_t furthest = -1, furthest_end = 0;
   for (const int64_t e : by_first) {
     const int64_t first = problem.offsets[e], end = first + problem.counts[e];
-    if (furthest >= 0) {
-      const int64_t f_first = problem.offsets[furthest];
-      const int64_t f_end = f_first + problem.counts[furthest];
-      IRONMOE_CHECK(first >= f_end, "experts",
-                    "expert_offsets/expert_counts: the row ranges of local experts ",
-                    std::min(e, furthest), " and ", std::max(e, furthest), " overlap ([", f_first,
-                    ", ", f_end, ") and [", first, ", ", end,
-                    ")); each row belongs to one expert at most");
+    IRONMOE_CHECK(first >= furthest_end, "experts",
+                  "expert_offsets/expert_counts: the row ranges of local experts ",
+                  std::min(e, furthest), " and ", std::max(e, furthest), " overlap ([",
+                  problem.offsets[furthest], ", ", furthest_end, ") and [", first, ", ", end,
+                  ")); each row belongs to one expert at most");
+    if (end > furthest_end) {
+      furthest = e;
+      furthest_end = end;
     }
-    if (furthest < 0 || end > problem.offsets[furthest] + problem.counts[furthest]) furthest = e;
   }
 }
 
