@@ -37,7 +37,7 @@ fi
 tests="$build/tests/cuda"
 programs=(
   "ironmoe-check|$build/tools/ironmoe-check|--device cuda"
-  "route|$tests/cuda_test_route|--gtest_filter=*grouped_topk_E256_k8_f32:*softmax_topk_E128_k8_bf16:*sigmoid_topk_E512_k16_f16:*softmax_topk_E8_k2_f32:RouteEdges.NumValidTokensOnTheDevice"
+  "route|$tests/cuda_test_route|--gtest_filter=*grouped_topk_E256_k8_f32:*softmax_topk_E128_k8_bf16:*sigmoid_topk_E512_k16_f16:*softmax_topk_E8_k2_f32:RouteEdges.NumValidTokensOnTheDevice:RouteEdges.GroupShapes"
   "plan|$tests/cuda_test_plan|--gtest_filter=Tokens/PlanBoundary.*/T0:Tokens/PlanBoundary.*/T1:Tokens/PlanBoundary.*/T255:Tokens/PlanBoundary.*/T257:Tokens/PlanBoundary.*/T2049:PlanEdges.NumValidTokensClamped"
   "gather-combine|$tests/cuda_test_gather_combine|--gtest_filter=*H2048_pad0_off0:*bf16_H333_pad3_off1:*f32_H1000_pad8_off0"
   "stage-capture|$tests/cuda_test_stage_capture|--gtest_filter=*/T1:*/T33:*/T257:*/T2049"

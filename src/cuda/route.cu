@@ -10,8 +10,11 @@
 //   E > 1024 (route_topk_long_kernel): each lane keeps its own core::TopK (experts offered in
 //     increasing order, as TopK requires; any expert of the row's top k is in its lane's top k)
 //     and k rounds of a warp-wide arg-best over the lists' heads merge the 32 lists.
-// grouped_topk also stages the selection keys in shared memory, scores the groups there (one lane
-// per group) and marks the topk_groups best; experts of other groups are not candidates.
+// grouped_topk keeps the topk_groups best groups; experts of other groups are not candidates.
+// Where each group is whole register slots of route_topk_kernel (group size a multiple of 32, as
+// DeepSeek-V3's 8 groups of 32; E <= 512), the groups are scored in registers: slot i of every lane
+// is experts 32 i .. 32 i + 31, so a group's two best keys are warp reductions. Otherwise the keys
+// are staged in shared memory and one lane scores each group.
 // Weights: core::softmax_prob / sigmoid_weight of the selected logits, then core::finalize_weights,
 // computed identically by every lane. Softmax statistics use warp reductions, so weights may
 // differ from the CPU's sequential sums in the last bits; ids do not. Rows >= *num_valid_tokens
@@ -63,6 +66,16 @@ IRONMOE_HD size_t grouped_shared_floats(int num_experts, int num_groups) {
   return static_cast<size_t>(num_experts) + 2 * static_cast<size_t>(num_groups);
 }
 
+// Whether route_topk_kernel scores grouped_topk's groups in registers: every group is a whole
+// number of its register slots (slot i holds experts 32 i .. 32 i + 31 across the warp), and
+// there are at most 16 slots (at 32 the per-slot scores went to local memory).
+constexpr int kMaxSlotsForRegisterGroups = 16;
+bool groups_in_registers(const RouteParams& p) {
+  return p.kind == RoutingKind::grouped_topk &&
+         p.num_experts <= kMaxSlotsForRegisterGroups * kWarpSize &&
+         (p.num_experts / p.num_groups) % kWarpSize == 0;
+}
+
 // The warp reductions of routing, in two forms that give the same results: kRedux through the
 // warp-reduce unit (redux.sync, one instruction per 32-bit integer reduction; a rank key's max as
 // the max of its core::rank_key_bits; the arg-best as the max key, then the min index among the
@@ -86,6 +99,12 @@ struct WarpReduce<true> {
         __reduce_min_sync(kFullMask, mine == top ? static_cast<unsigned>(index) : UINT_MAX));
   }
   __device__ static int sum(int v) { return __reduce_add_sync(kFullMask, v); }
+  // The two largest of the lanes' values (a tie for the largest gives it twice).
+  __device__ static void top_two(unsigned v, unsigned& best, unsigned& second) {
+    best = __reduce_max_sync(kFullMask, v);
+    const bool tied = __popc(__ballot_sync(kFullMask, v == best)) >= 2;
+    second = tied ? best : __reduce_max_sync(kFullMask, v == best ? 0u : v);
+  }
   // Of rank keys (never NaN).
   __device__ static float max(float v) {
     return core::rank_key_from_bits(__reduce_max_sync(kFullMask, core::rank_key_bits(v)));
@@ -111,6 +130,16 @@ struct WarpReduce<false> {
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
       v += __shfl_xor_sync(kFullMask, v, offset);
     return v;
+  }
+  __device__ static void top_two(unsigned v, unsigned& best, unsigned& second) {
+    best = v;
+    second = 0u;
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      const unsigned other_best = __shfl_xor_sync(kFullMask, best, offset);
+      const unsigned other_second = __shfl_xor_sync(kFullMask, second, offset);
+      second = ::max(::min(best, other_best), ::max(second, other_second));
+      best = ::max(best, other_best);
+    }
   }
   __device__ static float max(float v) {
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
@@ -262,6 +291,75 @@ __device__ GroupFilter filter_groups(const RouteParams& p, float* keys, int lane
   return {group_kept, group_size};
 }
 
+// grouped_topk with groups_in_registers: drops the pairs of every group but the topk_groups best.
+// Slot i holds experts 32 i + lane, so group g is slots [g s, (g + 1) s) with s = group_size / 32.
+// A group's two best keys are two warp reductions per slot, merged over its slots; its score is
+// then core::group_score of them, the same floats as the CPU's (the sum commutes; a -0 that
+// becomes +0 ranks the same). Every lane ends up with every group's score; lane g ranks group g
+// and a ballot collects the kept ones.
+template <bool kRedux, int N>
+__device__ void drop_unkept_groups(const RouteParams& p, float (&key)[N], int (&expert)[N],
+                                   int lane) {
+  const int group_size = p.num_experts / p.num_groups;
+  const int slots_per_group = group_size / kWarpSize;
+  int group_of[N];  // the group of slot i, without a division per slot
+  {
+    int group = 0;
+    int filled = 0;
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      group_of[i] = group;
+      if (++filled == slots_per_group) {
+        filled = 0;
+        ++group;
+      }
+    }
+  }
+  // Running top two of the current group's slots; score[i] is final at the group's last slot.
+  float score[N];
+  unsigned best = 0u;
+  unsigned second = 0u;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (group_of[i] >= p.num_groups) continue;  // past E: no group (uniform over the warp)
+    unsigned slot_best;
+    unsigned slot_second;
+    WarpReduce<kRedux>::top_two(core::rank_key_bits(key[i]), slot_best, slot_second);
+    const bool first_slot = i == 0 || group_of[i] != group_of[i - 1];
+    if (first_slot) {
+      best = slot_best;
+      second = slot_second;
+    } else {
+      second = max(min(best, slot_best), max(second, slot_second));
+      best = max(best, slot_best);
+    }
+    score[i] = core::group_score(core::rank_key_from_bits(best), core::rank_key_from_bits(second),
+                                 group_size);
+  }
+  // Lane g takes group g's score from the group's last slot and counts the groups ranked before.
+  float mine = core::kNegInf;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const bool last_slot = i + 1 == N || group_of[i + 1] != group_of[i];
+    if (group_of[i] < p.num_groups && last_slot && group_of[i] == lane) mine = score[i];
+  }
+  int ahead = 0;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const bool last_slot = i + 1 == N || group_of[i + 1] != group_of[i];
+    if (group_of[i] < p.num_groups && last_slot)
+      ahead += core::ranks_before(score[i], group_of[i], mine, lane) ? 1 : 0;
+  }
+  const unsigned kept = __ballot_sync(kFullMask, lane < p.num_groups && ahead < p.topk_groups);
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (expert[i] != INT_MAX && ((kept >> group_of[i]) & 1u) == 0) {
+      key[i] = core::kNegInf;
+      expert[i] = INT_MAX;
+    }
+  }
+}
+
 // Sorts a lane's N (key, expert) pairs into rank order (core::ranks_before): a bitonic network
 // with compile-time indices, so the pairs stay in registers.
 template <int N>
@@ -292,7 +390,9 @@ __device__ __forceinline__ void sort_by_rank(float (&key)[N], int (&expert)[N]) 
   }
 }
 
-template <class T, int kKeysPerLane>
+// kGroupsInRegisters: grouped_topk with groups_in_registers (its own instantiation, so the
+// other routings keep their registers).
+template <class T, int kKeysPerLane, bool kGroupsInRegisters>
 __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p) {
   constexpr bool kRedux = kKeysPerLane <= 4;  // WarpReduce: measured faster there only
   wait_for_previous_kernel();
@@ -303,6 +403,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
   if (token >= p.tokens || write_if_padding(p, token, lane)) return;  // whole warp
   const T* row = static_cast<const T*>(p.logits) + token * p.row_stride;
   const bool grouped = p.kind == RoutingKind::grouped_topk;
+  const bool stage_keys = grouped && !kGroupsInRegisters;
   float* staged =
       shared + static_cast<size_t>(warp) * grouped_shared_floats(p.num_experts, p.num_groups);
 
@@ -334,7 +435,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
       scan.add(value[i]);
       key[i] = selection_key(p, value[i], bias[i]);
       expert[i] = e;
-      if (grouped) staged[e] = key[i];
+      if (stage_keys) staged[e] = key[i];
     }
   }
   if (!count_and_check_usable<kRedux>(p, token, scan, lane)) return;
@@ -351,7 +452,8 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
       return sum;
     });
   }
-  if (grouped) {
+  // With topk_groups == num_groups every group is kept.
+  if (stage_keys) {
     const GroupFilter groups = filter_groups(p, staged, lane);
 #pragma unroll
     for (int i = 0; i < kKeysPerLane; ++i) {
@@ -360,6 +462,8 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
         expert[i] = INT_MAX;
       }
     }
+  } else if constexpr (kGroupsInRegisters) {
+    if (p.topk_groups < p.num_groups) drop_unkept_groups<kRedux>(p, key, expert, lane);
   }
 
   // Each lane sorts its pairs once; round j then only compares the lanes' heads, and the winner's
@@ -433,13 +537,17 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_long_kernel(RoutePar
 template <class T>
 void launch_route(const RouteParams& p, unsigned blocks, size_t shared_bytes, cudaStream_t stream,
                   const char* where) {
+  const bool in_registers = groups_in_registers(p);
   void (*kernel)(RouteParams) = route_topk_long_kernel<T>;
   if (p.num_experts <= 4 * kWarpSize) {
-    kernel = route_topk_kernel<T, 4>;
+    kernel = in_registers ? route_topk_kernel<T, 4, true> : route_topk_kernel<T, 4, false>;
+  } else if (p.num_experts <= 8 * kWarpSize) {
+    kernel = in_registers ? route_topk_kernel<T, 8, true> : route_topk_kernel<T, 8, false>;
   } else if (p.num_experts <= 16 * kWarpSize) {
-    kernel = route_topk_kernel<T, 16>;
+    static_assert(kMaxSlotsForRegisterGroups == 16);
+    kernel = in_registers ? route_topk_kernel<T, 16, true> : route_topk_kernel<T, 16, false>;
   } else if (p.num_experts <= kMaxKeysPerLane * kWarpSize) {
-    kernel = route_topk_kernel<T, kMaxKeysPerLane>;
+    kernel = route_topk_kernel<T, kMaxKeysPerLane, false>;
   }
   reserve_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), shared_bytes, where,
                                 "logits: grouped_topk (keys and group scores per warp)",
@@ -478,7 +586,7 @@ void route(const RoutingConfig& routing, const RouteArgs& args, void* stream) {
   p.topk_weights = args.topk_weights.ptr<float>();
 
   size_t shared_bytes = 0;
-  if (routing.kind == RoutingKind::grouped_topk) {
+  if (routing.kind == RoutingKind::grouped_topk && !groups_in_registers(p)) {
     shared_bytes =
         kWarpsPerBlock * grouped_shared_floats(p.num_experts, p.num_groups) * sizeof(float);
   }

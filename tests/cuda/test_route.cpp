@@ -1,6 +1,6 @@
 // route on CUDA vs the CPU backend: every routing kind, hard rows (NaN, -inf, +inf, ties),
-// E in {8, 128, 256, 512} and beyond, k in {1, 2, 8, 10, 16, 32}, f32/bf16/f16 logits with
-// strided rows, a device-side num_valid_tokens, diagnostics.
+// E in {8, 128, 256, 512} and beyond, grouped_topk's group shapes, k in {1, 2, 8, 10, 16, 32},
+// f32/bf16/f16 logits with strided rows, a device-side num_valid_tokens, diagnostics.
 //
 // Tolerances: ids must be identical (they depend only on comparisons of the same floats), except
 // for grouped_topk rows whose selection hinges on two keys within 1e-6 relative (the GPU's expf
@@ -238,6 +238,52 @@ TEST_F(RouteEdges, DeepSeekConfiguration) {
   for (int64_t e = 0; e < p.experts; ++e) p.bias.push_back(bias(rng));
   const int64_t near_ties = expect_same_routing(p, route_on_gpu(p, stream()), route_on_cpu(p));
   EXPECT_LE(near_ties, 4);
+}
+
+// grouped_topk scores groups in registers where the group size is a multiple of 32 and E <= 512
+// (one to three register slots per group, groups short of a power of two, slots past E) and in
+// shared memory elsewhere; topk_groups == num_groups drops nothing. Rows of tied keys (logits
+// from {-2, 0.5, 3}, no bias: every pair sum distinct, so ties are exact on both backends) settle
+// group and expert ties by index and must match the CPU exactly: no near-tie rows set aside.
+TEST_F(RouteEdges, GroupShapes) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  struct Shape {
+    int64_t experts, groups, topk_groups, top_k;
+  };
+  for (const Shape& s :
+       {Shape{256, 8, 4, 8}, Shape{256, 4, 2, 8}, Shape{192, 3, 1, 6}, Shape{96, 3, 2, 4},
+        Shape{64, 2, 1, 2}, Shape{512, 16, 4, 8}, Shape{384, 4, 3, 8}, Shape{384, 1, 1, 8},
+        Shape{160, 5, 5, 8}, Shape{256, 16, 4, 8}, Shape{1024, 32, 8, 8}, Shape{2048, 64, 4, 8}}) {
+    for (const bool tied : {false, true}) {
+      SCOPED_TRACE("E " + std::to_string(s.experts) + ", groups " + std::to_string(s.groups) +
+                   ", topk_groups " + std::to_string(s.topk_groups) + ", k " +
+                   std::to_string(s.top_k) + (tied ? ", tied keys" : ""));
+      RouteProblem p;
+      p.routing.kind = RoutingKind::grouped_topk;
+      p.routing.num_groups = s.groups;
+      p.routing.topk_groups = s.topk_groups;
+      p.routing.renormalize = true;
+      p.routing.routed_scaling_factor = 2.5f;
+      p.tokens = 300;
+      p.experts = s.experts;
+      p.top_k = s.top_k;
+      p.stride = s.experts;
+      p.dtype = DType::f32;
+      if (tied) {
+        std::uniform_int_distribution<int> pick(0, 2);
+        const float values[] = {-2.0f, 0.5f, 3.0f};
+        for (int64_t i = 0; i < p.tokens * p.stride; ++i) p.logits.push_back(values[pick(rng)]);
+      } else {
+        p.logits = make_logits(rng, p.tokens, p.experts, p.stride, true);
+        std::uniform_real_distribution<float> bias(-0.1f, 0.1f);
+        for (int64_t e = 0; e < p.experts; ++e) p.bias.push_back(bias(rng));
+      }
+      const int64_t near_ties = expect_same_routing(p, route_on_gpu(p, stream()), route_on_cpu(p));
+      EXPECT_LE(near_ties, tied ? 0 : std::max<int64_t>(2, p.tokens / 100));
+    }
+  }
 }
 
 TEST_F(RouteEdges, ZeroTokensWritesNothing) {
