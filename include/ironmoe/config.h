@@ -17,6 +17,10 @@ enum class RoutingKind : uint8_t {
 
 const char* routing_kind_name(RoutingKind kind);
 
+// The largest k (and topk_groups) any routing takes: the CUDA route gives each selected expert
+// one lane of a warp.
+inline constexpr int kMaxTopK = 32;
+
 struct RoutingConfig {
   RoutingKind kind = RoutingKind::softmax_topk;
   bool renormalize = true;             // divide the k selected weights by their sum

@@ -12,9 +12,33 @@ from typing import Optional, Tuple
 import torch
 
 
+def _check_one_device(op, anchor_name, anchor, **others):
+    """Raises unless every tensor in ``others`` is on ``anchor``'s device.
+
+    The fake implementations run for meta tensors, and the dispatcher picks them when any one
+    argument is on the meta device: a CPU ``hidden_states`` with a meta ``w1`` would otherwise
+    get an uninitialised CPU tensor back."""
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != anchor.device:
+            raise RuntimeError(f"ironmoe::{op}: {name}: expected a tensor on {anchor.device} (the "
+                               f"device of {anchor_name}), got one on {tensor.device}")
+
+
+def _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids):
+    ranks = (hidden_states.dim(), w1.dim(), w2.dim(), topk_ids.dim())
+    if ranks != (2, 3, 3, 2):
+        raise RuntimeError("ironmoe::fused_experts: expected hidden_states [T, H], w1 [E, 2I, H], "
+                           "w2 [E, H, I] and topk_ids [T, k]; got {}, {}, {} and {} "
+                           "dimensions".format(*ranks))
+
+
 @torch.library.register_fake("ironmoe::route")
 def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, correction_bias=None,
                 num_groups=1, topk_groups=1, routed_scaling_factor=1.0):
+    _check_one_device("route", "router_logits", router_logits, correction_bias=correction_bias)
+    if router_logits.dim() != 2:
+        raise RuntimeError("ironmoe::route: router_logits: expected a [T, E] tensor, got "
+                           f"{router_logits.dim()} dimensions")
     tokens = router_logits.shape[0]
     weights = router_logits.new_empty((tokens, top_k), dtype=torch.float32)
     ids = router_logits.new_empty((tokens, top_k), dtype=torch.int32)
@@ -25,6 +49,10 @@ def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, corre
 def _fused_experts_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation="silu",
                         global_num_experts=-1, expert_begin=0, quant="none", w1_scale=None,
                         w2_scale=None, a1_scale=None, a2_scale=None):
+    _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids)
+    _check_one_device("fused_experts", "hidden_states", hidden_states, w1=w1, w2=w2,
+                      topk_weights=topk_weights, topk_ids=topk_ids, w1_scale=w1_scale,
+                      w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale)
     return hidden_states.new_empty((hidden_states.shape[0], hidden_states.shape[-1]))
 
 
@@ -32,6 +60,10 @@ def _fused_experts_fake(hidden_states, w1, w2, topk_weights, topk_ids, activatio
 def _fused_experts_out_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation,
                             global_num_experts, expert_begin, quant, w1_scale, w2_scale,
                             a1_scale, a2_scale, out):
+    _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids)
+    _check_one_device("fused_experts", "hidden_states", hidden_states, w1=w1, w2=w2,
+                      topk_weights=topk_weights, topk_ids=topk_ids, w1_scale=w1_scale,
+                      w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale, out=out)
     return None
 
 
@@ -78,6 +110,9 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
     ceil(H/128)]`` and ``[E, ceil(H/128), ceil(I/128)]``). ``fp8_tensor`` takes optional static
     activation scales ``a1_scale`` / ``a2_scale`` (one float32 each); without them the scales are
     computed from the batch. Activations are quantised on the fly (docs/formats.md).
+
+    Inference only: the result of inputs that require grad raises when ``backward()`` reaches
+    it, and ``out=`` refuses them while grad mode is on.
     """
     if out is None:
         return torch.ops.ironmoe.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids,

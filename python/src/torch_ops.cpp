@@ -9,7 +9,10 @@
 // and under torch.compile. Nothing here synchronises or allocates outside PyTorch's allocator.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 #ifndef IRONMOE_TORCH_CUDA
 #define IRONMOE_TORCH_CUDA 0
@@ -127,6 +130,14 @@ std::tuple<at::Tensor, at::Tensor> route(const at::Tensor& router_logits, int64_
                 std::to_string(router_logits.dim()) + " dimensions");
   }
   device_of(router_logits, "router_logits");  // refuses a device this build cannot run
+  // Before the outputs are allocated: a k of -1 or 2**40 is the caller's error, not the
+  // allocator's (the library checks k again against the outputs).
+  const int64_t max_k = std::min<int64_t>(router_logits.size(1), kMaxTopK);
+  if (top_k < 1 || top_k > max_k) {
+    throw Error("ironmoe::route: top_k: expected a value in [1, " + std::to_string(max_k) +
+                "] (E = " + std::to_string(router_logits.size(1)) + ", at most " +
+                std::to_string(kMaxTopK) + "), got " + std::to_string(top_k));
+  }
   const c10::OptionalDeviceGuard guard(router_logits.device());
   const int64_t tokens = router_logits.size(0);
   const auto options = router_logits.options();
@@ -173,6 +184,29 @@ at::Tensor weight_scale_of(const at::Tensor& scale, QuantScheme quant) {
   return scale.contiguous();
 }
 
+// The ranks the shapes below are read from, checked before any size is.
+void check_ranks(const at::Tensor& hidden_states, const at::Tensor& w1, const at::Tensor& w2,
+                 const at::Tensor& topk_ids) {
+  if (hidden_states.dim() != 2 || w1.dim() != 3 || w2.dim() != 3 || topk_ids.dim() != 2) {
+    throw Error(
+        "ironmoe::fused_experts: expected hidden_states [T, H], w1 [E, 2I, H], "
+        "w2 [E, H, I] and topk_ids [T, k]; got " +
+        std::to_string(hidden_states.dim()) + ", " + std::to_string(w1.dim()) + ", " +
+        std::to_string(w2.dim()) + " and " + std::to_string(topk_ids.dim()) + " dimensions");
+  }
+}
+
+// A static activation scale is one value; reshape would fail on any other count with a message
+// that names no argument.
+at::Tensor activation_scale_of(const at::Tensor& scale, const char* name) {
+  if (scale.numel() != 1) {
+    throw Error(std::string("ironmoe::fused_experts: ") + name +
+                ": expected one value (a static per-tensor activation scale), got " +
+                std::to_string(scale.numel()) + " elements");
+  }
+  return scale.reshape({1});
+}
+
 void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, const at::Tensor& w2,
                        const at::Tensor& topk_weights, const at::Tensor& topk_ids,
                        const std::string& activation, int64_t global_num_experts,
@@ -181,13 +215,7 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
                        const std::optional<at::Tensor>& w2_scale,
                        const std::optional<at::Tensor>& a1_scale,
                        const std::optional<at::Tensor>& a2_scale, at::Tensor& out) {
-  if (hidden_states.dim() != 2 || w1.dim() != 3 || w2.dim() != 3 || topk_ids.dim() != 2) {
-    throw Error(
-        "ironmoe::fused_experts: expected hidden_states [T, H], w1 [E, 2I, H], "
-        "w2 [E, H, I] and topk_ids [T, k]; got " +
-        std::to_string(hidden_states.dim()) + ", " + std::to_string(w1.dim()) + ", " +
-        std::to_string(w2.dim()) + " and " + std::to_string(topk_ids.dim()) + " dimensions");
-  }
+  check_ranks(hidden_states, w1, w2, topk_ids);
   const int64_t tokens = hidden_states.size(0);
   const int64_t local_experts = w1.size(0);
   const int64_t num_experts = global_num_experts < 0 ? local_experts : global_num_experts;
@@ -229,7 +257,8 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   const char* names[4] = {"w1_scale", "w2_scale", "a1_scale", "a2_scale"};
   for (int i = 0; i < 4; ++i) {
     if (!given[i]->has_value()) continue;
-    scales[i] = i < 2 ? weight_scale_of(**given[i], config.quant) : (*given[i])->reshape({1});
+    scales[i] = i < 2 ? weight_scale_of(**given[i], config.quant)
+                      : activation_scale_of(**given[i], names[i]);
     *views[i] = view_of(scales[i], names[i]);
   }
   const Outputs outputs{view_of(out, "out")};
@@ -247,11 +276,51 @@ at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
                          const std::optional<at::Tensor>& w2_scale,
                          const std::optional<at::Tensor>& a1_scale,
                          const std::optional<at::Tensor>& a2_scale) {
+  check_ranks(hidden_states, w1, w2, topk_ids);
   at::Tensor out =
       at::empty({hidden_states.size(0), hidden_states.size(-1)}, hidden_states.options());
   fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
                     expert_begin, quant, w1_scale, w2_scale, a1_scale, a2_scale, out);
   return out;
+}
+
+// fused_experts_out above autograd: as PyTorch's own out= functions, it refuses inputs that
+// require grad while grad mode is on (out could not carry their gradient), and it bumps out's
+// version counter, so a tensor autograd saved before the write is known to be stale. PyTorch's
+// fallbacks do neither for an op that returns nothing.
+void fused_experts_out_autograd(const at::Tensor& hidden_states, const at::Tensor& w1,
+                                const at::Tensor& w2, const at::Tensor& topk_weights,
+                                const at::Tensor& topk_ids, const std::string& activation,
+                                int64_t global_num_experts, int64_t expert_begin,
+                                const std::string& quant, const std::optional<at::Tensor>& w1_scale,
+                                const std::optional<at::Tensor>& w2_scale,
+                                const std::optional<at::Tensor>& a1_scale,
+                                const std::optional<at::Tensor>& a2_scale, at::Tensor& out) {
+  if (at::GradMode::is_enabled()) {
+    const auto requires_grad = [](const std::optional<at::Tensor>& t) {
+      return t.has_value() && t->defined() && t->requires_grad();
+    };
+    for (const std::optional<at::Tensor> t :
+         {std::optional<at::Tensor>(hidden_states), std::optional<at::Tensor>(w1),
+          std::optional<at::Tensor>(w2), std::optional<at::Tensor>(topk_weights), w1_scale,
+          w2_scale, a1_scale, a2_scale, std::optional<at::Tensor>(out)}) {
+      if (requires_grad(t)) {
+        throw Error(
+            "ironmoe::fused_experts: out= does not support automatic differentiation, but one "
+            "of the arguments requires grad; call it under torch.no_grad() or "
+            "torch.inference_mode(), or pass detached tensors");
+      }
+    }
+  }
+  {
+    const at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("ironmoe::fused_experts_out", "")
+                               .typed<decltype(fused_experts_out)>();
+    op.call(hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
+            expert_begin, quant, w1_scale, w2_scale, a1_scale, a2_scale, out);
+  }
+  torch::autograd::impl::bump_version(out);
 }
 
 // Whether these ops accept CUDA tensors (the package was built with the CUDA backend).
@@ -282,6 +351,16 @@ TORCH_LIBRARY_IMPL(ironmoe, CPU, m) {
   m.impl("route", &ironmoe::torch_ops::route);
   m.impl("fused_experts", &ironmoe::torch_ops::fused_experts);
   m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out);
+}
+
+// The ops have no backward. PyTorch's default for custom ops (basicAutogradNotImplementedFallback)
+// lets backward() run through them with only a warning and leaves the inputs' grads None. This
+// fallback gives outputs computed from inputs that require grad a node that raises when backward
+// reaches it; the forward still runs (a model evaluated without torch.no_grad()).
+TORCH_LIBRARY_IMPL(ironmoe, Autograd, m) {
+  m.impl("route", torch::autograd::autogradNotImplementedFallback());
+  m.impl("fused_experts", torch::autograd::autogradNotImplementedFallback());
+  m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out_autograd);
 }
 
 #if IRONMOE_TORCH_CUDA

@@ -18,10 +18,11 @@
 #include <cstring>
 
 #include "core/host_device.h"
+#include "ironmoe/config.h"
 
 namespace ironmoe::core {
 
-inline constexpr int kMaxTopK = 32;
+using ironmoe::kMaxTopK;
 inline constexpr float kNegInf = -INFINITY;
 
 IRONMOE_HD float rank_key(float v) { return v != v ? kNegInf : v; }

@@ -116,7 +116,27 @@ def test_fused_moe_is_route_then_fused_experts(gen):
     (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w, i, activation="relu"),
      "activation"),
     (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1.bfloat16(), w2, w, i), "w13"),
-    (lambda x, w1, w2, w, i: ironmoe.route(w, 3, scoring="top"), "scoring"),
+    (lambda x, w1, w2, w, i: ironmoe.route(w, 2, scoring="top"), "scoring"),
+    # k is checked before the outputs are allocated: no negative size, no 2**40-column tensor.
+    (lambda x, w1, w2, w, i: ironmoe.route(w, -1), r"top_k: expected a value in \[1, 2\]"),
+    (lambda x, w1, w2, w, i: ironmoe.route(w, 2**40), "top_k"),
+    (lambda x, w1, w2, w, i: ironmoe.route(w, 3), "top_k"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x[0, 0], w1, w2, w, i),
+     r"hidden_states \[T, H\]"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(
+        x, w1.to(torch.float8_e4m3fn), w2.to(torch.float8_e4m3fn), w, i, quant="fp8_tensor",
+        w1_scale=torch.ones(4), w2_scale=torch.ones(4), a1_scale=torch.ones(2)),
+     "a1_scale: expected one value"),
+    # One meta argument makes the dispatcher run the fake kernel: it must refuse the mix rather
+    # than hand back an uninitialised CPU tensor.
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1.to("meta"), w2, w, i),
+     "w1: expected a tensor on cpu"),
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w, i,
+                                                   out=torch.empty_like(x, device="meta")),
+     "out: expected a tensor on cpu"),
+    (lambda x, w1, w2, w, i: ironmoe.route(w, 1, scoring="grouped",
+                                           correction_bias=torch.zeros(2, device="meta")),
+     "correction_bias: expected a tensor on cpu"),
     # A lazy-negation out cannot be written through (PyTorch's fallback asserts).
     (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w, i,
                                                    out=torch._neg_view(torch.empty_like(x))),
@@ -128,6 +148,36 @@ def test_bad_arguments_raise_with_the_argument_named(gen, call, message):
     ids = torch.randint(0, 4, (4, 2), generator=gen, dtype=torch.int32)
     with pytest.raises(RuntimeError, match=message):
         call(x, w1, w2, weights, ids)
+
+
+def test_out_bumps_the_version_counter(gen):
+    x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
+    weights, ids = ironmoe.route(torch.randn(4, 4, generator=gen), 2)
+    out = torch.empty_like(x)
+    before = out._version
+    ironmoe.fused_experts(x, w1, w2, weights, ids, out=out)
+    assert out._version > before
+    with torch.inference_mode():  # inference tensors have no counter; the call still works
+        out = torch.empty_like(x)
+        ironmoe.fused_experts(x, w1, w2, weights, ids, out=out)
+        assert torch.equal(out, ironmoe.fused_experts(x, w1, w2, weights, ids))
+
+
+def test_backward_through_the_ops_raises_instead_of_leaving_grads_none(gen):
+    x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
+    w1.requires_grad_(True)
+    logits = torch.randn(4, 4, generator=gen, requires_grad=True)
+    weights, ids = ironmoe.route(logits, 2)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        weights.sum().backward()
+    out = ironmoe.fused_experts(x, w1, w2, weights.detach(), ids)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        out.sum().backward()
+    # out= cannot carry a gradient: refused up front, as PyTorch's own out= functions do.
+    with pytest.raises(RuntimeError, match="out= does not support automatic differentiation"):
+        ironmoe.fused_experts(x, w1, w2, weights.detach(), ids, out=torch.zeros_like(x))
+    with torch.no_grad():  # inference without grad: no error, no graph
+        assert not ironmoe.fused_experts(x, w1, w2, weights, ids).requires_grad
 
 
 def test_lazy_negation_inputs_are_read_negated(gen):
