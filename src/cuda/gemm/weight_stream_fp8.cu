@@ -23,36 +23,61 @@ constexpr int kDownColumnsFp8 = 4;        // down: 4 weight rows a warp
 // pointers spilled (ptxas: 164 bytes); a decode grid (e.g. 48 x 8 blocks for qwen3-30b-a3b's
 // gate/up at one token) still fits one wave of 3 x 132.
 constexpr int kFp8BlocksPerSm = 3;
-// Token rows per pass over a weight row: two, not the bf16 kernels' four, for the same reason (a
-// decode batch rarely gives an expert more than one or two rows).
-constexpr int kFp8RowsPerPass = 2;
+// Two shapes of pass over a warp's weight rows (a template parameter pair), picked on the host by
+// the number of rows:
+//   decode (R <= kFp8DecodeMaxRows): one token row per pass and two warp-wide K strides of weight
+//     codes loaded before any is used (as the bf16 kernels' kStepsPerLoad). An expert rarely gets
+//     two rows there (a second pass then finds its weights in L2). With one stride a warp had a
+//     single 16-byte load per weight row in flight and waited out an HBM round trip per stride
+//     (session 13 under ncu, qwen3-30b-a3b at T = 1: gate/up 2.1 TB/s, down 1.1 TB/s, against
+//     4.26 TB/s copies).
+//   otherwise: two token rows per pass (not the bf16 kernels' four: rows rarely share an expert
+//     more than that at these sizes) and one stride; two of each spill at 80 registers.
+// Per lane every sum adds its 16-groups in increasing k either way, so both give the same bits.
+constexpr int64_t kFp8DecodeMaxRows = 32;
 static_assert(core::kFp8Block % kCodes == 0, "a 16-group never straddles a scale block");
-static_assert(core::kFp8Block == 128, "RowScales::at indexes blocks as k >> 7");
+static_assert(core::kFp8Block == 128, "scale blocks along K are indexed as k >> 7");
 
-// The scales of one matrix row along K: row_base[k >> 7] (block) or row_base[0].
-struct RowScales {
-  const float* base;
-  bool per_block;
-  __device__ float at(int64_t k) const { return base[per_block ? (k >> 7) : 0]; }
+// A warp's weight rows: kRuns runs of kPerRun consecutive rows of one expert's matrix (gate/up:
+// its gate rows and its up rows; down: its output rows). Run q's row i is first[q] + i * k codes,
+// and its scales start at scales[q] + i * scale_row_step: consecutive rows have consecutive scales
+// per channel and share them per tensor or per 128-row block (a run starts at a multiple of
+// kPerRun, which divides 128, so it never straddles a block). Two pointers a run instead of two a
+// row keep the warp's two K strides of codes in registers (ptxas: 80 registers, no spill).
+template <int kRuns, int kPerRun>
+struct WeightRuns {
+  const uint8_t* first[kRuns];
+  const float* scales[kRuns];
+  int scale_row_step;
+  bool per_block;  // scales along K in 128-code blocks (fp8_block)
 };
 
-__device__ __forceinline__ RowScales row_scales(const core::Fp8ScaleMap& map, int64_t row) {
-  const float* base = map.data + (map.row_group != 0 ? row / map.row_group * map.row_stride : 0);
-  return {base, map.k_group != 0};
+template <int kRuns, int kPerRun>
+__device__ __forceinline__ void set_run(WeightRuns<kRuns, kPerRun>& runs, int q,
+                                        const uint8_t* matrix, const core::Fp8ScaleMap& map,
+                                        int64_t row, int64_t k) {
+  static_assert(core::kFp8Block % kPerRun == 0, "a run never straddles a scale block");
+  runs.first[q] = matrix + row * k;
+  runs.scales[q] = map.data + (map.row_group != 0 ? row / map.row_group * map.row_stride : 0);
+  runs.scale_row_step = map.row_group == 1 ? static_cast<int>(map.row_stride) : 0;
+  runs.per_block = map.k_group != 0;
 }
 
-// The activation rows of one pass over an expert's rows (from `pass`, at most kFp8RowsPerPass;
-// past the last, the last again, never read): their codes and scales; returns how many are real.
+// The activation rows of one pass over an expert's rows (from `pass`, at most kRowsPerPass; past
+// the last, the last again, never read): their codes and scale rows; returns how many are real.
+// Activation scales are per tensor, per row, or per row and 128-code block.
+template <int kRowsPerPass>
 __device__ __forceinline__ int pass_rows(const Fp8GemmArgs& p, const RowRange& range, int64_t pass,
-                                         const uint8_t* (&a)[kFp8RowsPerPass],
-                                         RowScales (&as)[kFp8RowsPerPass]) {
+                                         const uint8_t* (&a)[kRowsPerPass],
+                                         const float* (&as)[kRowsPerPass]) {
   const int rows_here =
-      static_cast<int>(range.count - pass < kFp8RowsPerPass ? range.count - pass : kFp8RowsPerPass);
+      static_cast<int>(range.count - pass < kRowsPerPass ? range.count - pass : kRowsPerPass);
 #pragma unroll
-  for (int r = 0; r < kFp8RowsPerPass; ++r) {
+  for (int r = 0; r < kRowsPerPass; ++r) {
     const int64_t row = range.begin + pass + min(r, rows_here - 1);
     a[r] = p.a + row * p.k;
-    as[r] = row_scales(p.a_scales, row);
+    as[r] = p.a_scales.data +
+            (p.a_scales.row_group != 0 ? row / p.a_scales.row_group * p.a_scales.row_stride : 0);
   }
   return rows_here;
 }
@@ -72,33 +97,58 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& a) {
   return sum;
 }
 
-// acc[j][r] = sum over K of w_j . a_r for kRows weight rows and up to kFp8RowsPerPass token rows,
-// each 16-group scaled by its activation and weight scales.
-template <int kRows>
-__device__ __forceinline__ void stream_fp8_rows(const uint8_t* const (&w)[kRows],
-                                                const RowScales (&ws)[kRows],
-                                                const uint8_t* const (&a)[kFp8RowsPerPass],
-                                                const RowScales (&as)[kFp8RowsPerPass],
-                                                int rows_here, int64_t k_size,
-                                                float (&acc)[kRows][kFp8RowsPerPass]) {
+// acc[q * kPerRun + i][r] = sum over K of (run q's row i) . a_r for up to kRowsPerPass token rows,
+// each 16-group scaled by its activation and weight scales. Per lane the groups are added in
+// increasing k, one K stride after the other, whatever kSteps is.
+template <int kRowsPerPass, int kSteps, int kRuns, int kPerRun>
+__device__ __forceinline__ void stream_fp8_rows(const WeightRuns<kRuns, kPerRun>& w,
+                                                const uint8_t* const (&a)[kRowsPerPass],
+                                                const float* const (&as)[kRowsPerPass],
+                                                bool a_per_block, int rows_here, int k_size,
+                                                float (&acc)[kRuns * kPerRun][kRowsPerPass]) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  for (int64_t k = lane * kCodes; k < k_size; k += kCodeStride) {
-    uint4 wv[kRows];
+  for (int k0 = lane * kCodes; k0 < k_size; k0 += kSteps * kCodeStride) {
+    uint4 wv[kSteps][kRuns * kPerRun];
 #pragma unroll
-    for (int j = 0; j < kRows; ++j) wv[j] = __ldg(reinterpret_cast<const uint4*>(w[j] + k));
+    for (int step = 0; step < kSteps; ++step) {
+      const int k = k0 + step * kCodeStride;
 #pragma unroll
-    for (int r = 0; r < kFp8RowsPerPass; ++r) {
-      if (r < rows_here) {
-        const uint4 av = __ldg(reinterpret_cast<const uint4*>(a[r] + k));
-        const float a_scale = as[r].at(k);
+      for (int q = 0; q < kRuns; ++q) {
 #pragma unroll
-        for (int j = 0; j < kRows; ++j)
-          acc[j][r] = fmaf(dot16(wv[j], av), a_scale * ws[j].at(k), acc[j][r]);
+        for (int i = 0; i < kPerRun; ++i) {
+          wv[step][q * kPerRun + i] =
+              k < k_size ? __ldg(reinterpret_cast<const uint4*>(w.first[q] + i * k_size + k))
+                         : make_uint4(0, 0, 0, 0);
+        }
+      }
+    }
+#pragma unroll
+    for (int step = 0; step < kSteps; ++step) {
+      const int k = k0 + step * kCodeStride;
+      if (k >= k_size) break;
+      const int w_block = w.per_block ? k >> 7 : 0;
+      const int a_block = a_per_block ? k >> 7 : 0;
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r) {
+        if (r < rows_here) {
+          const uint4 av = __ldg(reinterpret_cast<const uint4*>(a[r] + k));
+          const float a_scale = as[r][a_block];
+#pragma unroll
+          for (int q = 0; q < kRuns; ++q) {
+#pragma unroll
+            for (int i = 0; i < kPerRun; ++i) {
+              const float w_scale = w.scales[q][i * w.scale_row_step + w_block];
+              acc[q * kPerRun + i][r] = fmaf(dot16(wv[step][q * kPerRun + i], av),
+                                             a_scale * w_scale, acc[q * kPerRun + i][r]);
+            }
+          }
+        }
       }
     }
   }
 }
 
+template <int kRowsPerPass, int kSteps>
 __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
     stream_fp8_gate_up_kernel(ExpertRows rows, Fp8GemmArgs p) {
   extern __shared__ int active[];
@@ -107,30 +157,25 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   if (!warp_task<kGateUpColumnsFp8>(rows, p.n, active, &expert, &range, &first)) return;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   constexpr int kRows = 2 * kGateUpColumnsFp8;
-  const uint8_t* w[kRows];
-  RowScales ws[kRows];
   const core::Fp8ScaleMap map =
       core::fp8_weight_scale_map(p.quant, p.w_scales, expert, 2 * p.n, p.k);
   const uint8_t* matrix = p.w + expert * 2 * p.n * p.k;
-#pragma unroll
-  for (int c = 0; c < kGateUpColumnsFp8; ++c) {
-    for (int half = 0; half < 2; ++half) {
-      const int64_t row = first + c + half * p.n;  // gate rows, then up rows
-      w[half * kGateUpColumnsFp8 + c] = matrix + row * p.k;
-      ws[half * kGateUpColumnsFp8 + c] = row_scales(map, row);
-    }
-  }
+  WeightRuns<2, kGateUpColumnsFp8> w;  // run 0: the gate rows, run 1: the up rows
+  set_run(w, 0, matrix, map, first, p.k);
+  set_run(w, 1, matrix, map, first + p.n, p.k);
+  const bool a_per_block = p.a_scales.k_group != 0;
   auto* h = static_cast<float*>(p.out);
-  for (int64_t pass = 0; pass < range.count; pass += kFp8RowsPerPass) {
-    const uint8_t* a[kFp8RowsPerPass];
-    RowScales as[kFp8RowsPerPass];
-    const int rows_here = pass_rows(p, range, pass, a, as);
-    float acc[kRows][kFp8RowsPerPass] = {};
-    stream_fp8_rows<kRows>(w, ws, a, as, rows_here, p.k, acc);
+  for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
+    const uint8_t* a[kRowsPerPass];
+    const float* as[kRowsPerPass];
+    const int rows_here = pass_rows<kRowsPerPass>(p, range, pass, a, as);
+    float acc[kRows][kRowsPerPass] = {};
+    stream_fp8_rows<kRowsPerPass, kSteps>(w, a, as, a_per_block, rows_here, static_cast<int>(p.k),
+                                          acc);
 #pragma unroll
     for (int c = 0; c < kGateUpColumnsFp8; ++c) {
 #pragma unroll
-      for (int r = 0; r < kFp8RowsPerPass; ++r) {
+      for (int r = 0; r < kRowsPerPass; ++r) {
         if (r < rows_here) {
           const float gate = warp_sum(acc[c][r]);
           const float up = warp_sum(acc[kGateUpColumnsFp8 + c][r]);
@@ -143,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   }
 }
 
-template <class T>
+template <class T, int kRowsPerPass, int kSteps>
 __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
     stream_fp8_down_kernel(ExpertRows rows, Fp8GemmArgs p) {
   extern __shared__ int active[];
@@ -151,25 +196,22 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   RowRange range;
   if (!warp_task<kDownColumnsFp8>(rows, p.n, active, &expert, &range, &first)) return;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const uint8_t* w[kDownColumnsFp8];
-  RowScales ws[kDownColumnsFp8];
   const core::Fp8ScaleMap map = core::fp8_weight_scale_map(p.quant, p.w_scales, expert, p.n, p.k);
-#pragma unroll
-  for (int c = 0; c < kDownColumnsFp8; ++c) {
-    w[c] = p.w + (expert * p.n + first + c) * p.k;
-    ws[c] = row_scales(map, first + c);
-  }
+  WeightRuns<1, kDownColumnsFp8> w;
+  set_run(w, 0, p.w + expert * p.n * p.k, map, first, p.k);
+  const bool a_per_block = p.a_scales.k_group != 0;
   auto* out = static_cast<T*>(p.out);
-  for (int64_t pass = 0; pass < range.count; pass += kFp8RowsPerPass) {
-    const uint8_t* a[kFp8RowsPerPass];
-    RowScales as[kFp8RowsPerPass];
-    const int rows_here = pass_rows(p, range, pass, a, as);
-    float acc[kDownColumnsFp8][kFp8RowsPerPass] = {};
-    stream_fp8_rows<kDownColumnsFp8>(w, ws, a, as, rows_here, p.k, acc);
+  for (int64_t pass = 0; pass < range.count; pass += kRowsPerPass) {
+    const uint8_t* a[kRowsPerPass];
+    const float* as[kRowsPerPass];
+    const int rows_here = pass_rows<kRowsPerPass>(p, range, pass, a, as);
+    float acc[kDownColumnsFp8][kRowsPerPass] = {};
+    stream_fp8_rows<kRowsPerPass, kSteps>(w, a, as, a_per_block, rows_here, static_cast<int>(p.k),
+                                          acc);
 #pragma unroll
     for (int c = 0; c < kDownColumnsFp8; ++c) {
 #pragma unroll
-      for (int r = 0; r < kFp8RowsPerPass; ++r) {
+      for (int r = 0; r < kRowsPerPass; ++r) {
         if (r < rows_here) {
           const float v = warp_sum(acc[c][r]);
           if (lane == r * kDownColumnsFp8 + c)
@@ -200,14 +242,15 @@ bool stream_fp8_supports(int64_t hidden, int64_t intermediate, const void* w13, 
 void stream_fp8_gemm(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream) {
   if (rows.num_experts == 0 || rows.num_rows == 0) return;
   const size_t list_bytes = static_cast<size_t>(rows.num_experts) * sizeof(int);
+  const bool decode = rows.num_rows <= kFp8DecodeMaxRows;
   if (args.gated) {
-    stream_fp8_gate_up_kernel<<<grid_for(rows, args.n, kGateUpColumnsFp8), kThreads, list_bytes,
-                                stream>>>(rows, args);
+    auto* kernel = decode ? stream_fp8_gate_up_kernel<1, 2> : stream_fp8_gate_up_kernel<2, 1>;
+    kernel<<<grid_for(rows, args.n, kGateUpColumnsFp8), kThreads, list_bytes, stream>>>(rows, args);
   } else {
     dispatch_float_dtype("experts", args.out_dtype, [&](auto element) {
       using T = decltype(element);
-      stream_fp8_down_kernel<T>
-          <<<grid_for(rows, args.n, kDownColumnsFp8), kThreads, list_bytes, stream>>>(rows, args);
+      auto* kernel = decode ? stream_fp8_down_kernel<T, 1, 2> : stream_fp8_down_kernel<T, 2, 1>;
+      kernel<<<grid_for(rows, args.n, kDownColumnsFp8), kThreads, list_bytes, stream>>>(rows, args);
     });
   }
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
