@@ -27,6 +27,7 @@ if [ "$1" = prepare ]; then
   rm -rf ab-base
   mkdir ab-base
   git archive "$2" | tar -x -C ab-base
+  git rev-parse "$2" >ab-base/.ab-revision
   echo "ab-base/ holds $(git rev-parse --short "$2")"
   exit 0
 fi
@@ -40,8 +41,15 @@ build_bench() {  # SOURCE BUILD_DIR
     -DIRONMOE_BUILD_TESTS=OFF -DIRONMOE_CUTLASS_DIR="$root/third_party/cutlass" >/dev/null
   cmake --build "$2" -j "$cores" --target ironmoe-bench >/dev/null
 }
+# git archive stamps every file with the commit's time, so a build-ab-base/ left by an earlier
+# call (a warm device machine keeps it) looks newer than another revision's sources and ninja
+# would keep the old objects: the base is rebuilt from scratch whenever its revision changed.
+if ! cmp -s ab-base/.ab-revision build-ab-base/.ab-revision 2>/dev/null; then
+  rm -rf build-ab-base
+fi
 echo "== building ab-base/ and the tree" >&2
 build_bench ab-base build-ab-base
+cp ab-base/.ab-revision build-ab-base/.ab-revision 2>/dev/null || true
 build_bench . build-ab-tree
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
