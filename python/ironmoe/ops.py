@@ -39,6 +39,10 @@ def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, corre
     if router_logits.dim() != 2:
         raise RuntimeError("ironmoe::route: router_logits: expected a [T, E] tensor, got "
                            f"{router_logits.dim()} dimensions")
+    max_k = min(router_logits.shape[1], 32)
+    if not 1 <= top_k <= max_k:
+        raise RuntimeError(f"ironmoe::route: top_k: expected a value in [1, {max_k}] "
+                           f"(E = {router_logits.shape[1]}, at most 32), got {top_k}")
     tokens = router_logits.shape[0]
     weights = router_logits.new_empty((tokens, top_k), dtype=torch.float32)
     ids = router_logits.new_empty((tokens, top_k), dtype=torch.int32)

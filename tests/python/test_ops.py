@@ -203,6 +203,20 @@ def test_opcheck_schemas_and_fake_kernels(gen):
                            None, None, out))
 
 
+def test_fake_kernels_check_like_the_real_ones():
+    # Meta tensors run the fake kernels: the same argument errors as on the CPU.
+    logits = torch.empty(4, 6, device="meta")
+    with pytest.raises(RuntimeError, match=r"top_k: expected a value in \[1, 6\]"):
+        ironmoe.route(logits, 7)
+    with pytest.raises(RuntimeError, match=r"hidden_states \[T, H\]"):
+        ironmoe.fused_experts(torch.empty(8, device="meta"), torch.empty(2, 8, 4, device="meta"),
+                              torch.empty(2, 4, 2, device="meta"),
+                              torch.empty(8, 2, device="meta"),
+                              torch.empty(8, 2, dtype=torch.int32, device="meta"))
+    weights, ids = ironmoe.route(logits, 2)
+    assert weights.shape == (4, 2) and ids.dtype == torch.int32
+
+
 def test_torch_compile_fullgraph(gen):
     x, w1, w2 = random_problem(gen, 8, 64, 32, 8, torch.float32)
     logits = torch.randn(8, 8, generator=gen)
