@@ -115,8 +115,8 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
     activation scales ``a1_scale`` / ``a2_scale`` (one float32 each); without them the scales are
     computed from the batch. Activations are quantised on the fly (docs/formats.md).
 
-    Inference only: the result of inputs that require grad raises when ``backward()`` reaches
-    it, and ``out=`` refuses them while grad mode is on.
+    Inference only: inputs that require grad get no gradient (PyTorch warns when ``backward()``
+    passes through), and ``out=`` refuses them while grad mode is on.
     """
     if out is None:
         return torch.ops.ironmoe.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids,

@@ -11,7 +11,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 #ifndef IRONMOE_TORCH_CUDA
@@ -284,10 +283,22 @@ at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
   return out;
 }
 
+// The dispatcher's handle of fused_experts_out, for the kernels above the backend ones.
+const c10::TypedOperatorHandle<
+    void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+         const at::Tensor&, const std::string&, int64_t, int64_t, const std::string&,
+         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::Tensor&)>&
+fused_experts_out_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("ironmoe::fused_experts_out", "")
+                             .typed<decltype(fused_experts_out)>();
+  return op;
+}
+
 // fused_experts_out above autograd: as PyTorch's own out= functions, it refuses inputs that
-// require grad while grad mode is on (out could not carry their gradient), and it bumps out's
-// version counter, so a tensor autograd saved before the write is known to be stale. PyTorch's
-// fallbacks do neither for an op that returns nothing.
+// require grad while grad mode is on (out could not carry their gradient). PyTorch's default
+// fallback for custom ops would run it and leave out without a history.
 void fused_experts_out_autograd(const at::Tensor& hidden_states, const at::Tensor& w1,
                                 const at::Tensor& w2, const at::Tensor& topk_weights,
                                 const at::Tensor& topk_ids, const std::string& activation,
@@ -312,13 +323,30 @@ void fused_experts_out_autograd(const at::Tensor& hidden_states, const at::Tenso
       }
     }
   }
+  // On to the ADInplaceOrView kernel below, which bumps out's version.
+  const at::AutoDispatchBelowAutograd guard;
+  fused_experts_out_op().call(hidden_states, w1, w2, topk_weights, topk_ids, activation,
+                              global_num_experts, expert_begin, quant, w1_scale, w2_scale, a1_scale,
+                              a2_scale, out);
+}
+
+// fused_experts_out's ADInplaceOrView kernel: bumps out's version counter after the write, as
+// PyTorch's in-place and out= ops do, so that a tensor autograd saved before it is known to be
+// stale. This key runs in inference_mode too, for every tensor but an inference tensor (which
+// has no counter and skips it).
+void fused_experts_out_inplace(const at::Tensor& hidden_states, const at::Tensor& w1,
+                               const at::Tensor& w2, const at::Tensor& topk_weights,
+                               const at::Tensor& topk_ids, const std::string& activation,
+                               int64_t global_num_experts, int64_t expert_begin,
+                               const std::string& quant, const std::optional<at::Tensor>& w1_scale,
+                               const std::optional<at::Tensor>& w2_scale,
+                               const std::optional<at::Tensor>& a1_scale,
+                               const std::optional<at::Tensor>& a2_scale, at::Tensor& out) {
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("ironmoe::fused_experts_out", "")
-                               .typed<decltype(fused_experts_out)>();
-    op.call(hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
-            expert_begin, quant, w1_scale, w2_scale, a1_scale, a2_scale, out);
+    fused_experts_out_op().call(hidden_states, w1, w2, topk_weights, topk_ids, activation,
+                                global_num_experts, expert_begin, quant, w1_scale, w2_scale,
+                                a1_scale, a2_scale, out);
   }
   torch::autograd::impl::bump_version(out);
 }
@@ -353,14 +381,17 @@ TORCH_LIBRARY_IMPL(ironmoe, CPU, m) {
   m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out);
 }
 
-// The ops have no backward. PyTorch's default for custom ops (basicAutogradNotImplementedFallback)
-// lets backward() run through them with only a warning and leaves the inputs' grads None. This
-// fallback gives outputs computed from inputs that require grad a node that raises when backward
-// reaches it; the forward still runs (a model evaluated without torch.no_grad()).
+// route and fused_experts keep PyTorch's default autograd fallback for custom ops: they have no
+// backward, and backward() through them warns and gives the inputs no gradient. A kernel that
+// raises on backward instead (autogradNotImplementedFallback) made torch.compile fail on any
+// model whose weights require grad, since compiling traces the backward. out= refuses such
+// inputs outright, as PyTorch's own out= functions do.
 TORCH_LIBRARY_IMPL(ironmoe, Autograd, m) {
-  m.impl("route", torch::autograd::autogradNotImplementedFallback());
-  m.impl("fused_experts", torch::autograd::autogradNotImplementedFallback());
   m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out_autograd);
+}
+
+TORCH_LIBRARY_IMPL(ironmoe, ADInplaceOrView, m) {
+  m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out_inplace);
 }
 
 #if IRONMOE_TORCH_CUDA
