@@ -122,9 +122,10 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
         return torch.ops.ironmoe.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids,
                                                activation, global_num_experts, expert_begin,
                                                quant, w1_scale, w2_scale, a1_scale, a2_scale)
-    if out.is_neg() or out.is_conj():
-        # PyTorch's math-bits fallback cannot write back through such a view (an internal
-        # assert, then a corrupted heap), so it is refused before the op.
+    if not torch.compiler.is_compiling() and (out.is_neg() or out.is_conj()):
+        # PyTorch's eager math-bits fallback cannot write back through such a view (an internal
+        # assert, then a corrupted heap), so it is refused before the op. Compiled graphs do not
+        # reach that fallback, and Dynamo cannot trace the bit tests (fullgraph=True failed).
         raise RuntimeError("ironmoe.fused_experts: out: expected a tensor without the lazy "
                            "negation or conjugation bit; pass out.resolve_neg() or a fresh tensor")
     torch.ops.ironmoe.fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids,

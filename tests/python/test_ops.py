@@ -232,3 +232,18 @@ def test_torch_compile_fullgraph(gen):
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x, logits), layer(x, logits))
+
+
+def test_torch_compile_fullgraph_with_out(gen):
+    x, w1, w2 = random_problem(gen, 8, 64, 32, 8, torch.float32)
+    logits = torch.randn(8, 8, generator=gen)
+
+    def layer(x, out):
+        ironmoe.fused_moe(x, logits, w1, w2, top_k=2, out=out)
+        return out * 2.0
+
+    expected = layer(x, torch.empty_like(x))
+    out = torch.empty_like(x)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x, out), expected)
+    assert torch.equal(out * 2.0, expected)
