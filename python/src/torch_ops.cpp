@@ -9,7 +9,6 @@
 // and under torch.compile. Nothing here synchronises or allocates outside PyTorch's allocator.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
@@ -283,39 +282,17 @@ at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
   return out;
 }
 
-// The dispatcher's handle of fused_experts_out, for the kernels above the backend ones.
-const c10::TypedOperatorHandle<
-    void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-         const at::Tensor&, const std::string&, int64_t, int64_t, const std::string&,
-         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::Tensor&)>&
-fused_experts_out_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("ironmoe::fused_experts_out", "")
-                             .typed<decltype(fused_experts_out)>();
-  return op;
-}
-
 // fused_experts_out above autograd: as PyTorch's own out= functions, it refuses inputs that
 // require grad while grad mode is on (out could not carry their gradient). PyTorch's default
-// fallback for custom ops would run it and leave out without a history.
-void fused_experts_out_autograd(const at::Tensor& hidden_states, const at::Tensor& w1,
-                                const at::Tensor& w2, const at::Tensor& topk_weights,
-                                const at::Tensor& topk_ids, const std::string& activation,
-                                int64_t global_num_experts, int64_t expert_begin,
-                                const std::string& quant, const std::optional<at::Tensor>& w1_scale,
-                                const std::optional<at::Tensor>& w2_scale,
-                                const std::optional<at::Tensor>& a1_scale,
-                                const std::optional<at::Tensor>& a2_scale, at::Tensor& out) {
+// fallback for custom ops would run it and leave out without a history. Boxed: it only looks at
+// the tensors among the arguments and passes the call on to ADInplaceOrView.
+void fused_experts_out_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                                torch::jit::Stack* stack) {
   if (at::GradMode::is_enabled()) {
-    const auto requires_grad = [](const std::optional<at::Tensor>& t) {
-      return t.has_value() && t->defined() && t->requires_grad();
-    };
-    for (const std::optional<at::Tensor> t :
-         {std::optional<at::Tensor>(hidden_states), std::optional<at::Tensor>(w1),
-          std::optional<at::Tensor>(w2), std::optional<at::Tensor>(topk_weights), w1_scale,
-          w2_scale, a1_scale, a2_scale, std::optional<at::Tensor>(out)}) {
-      if (requires_grad(t)) {
+    const size_t arguments = op.schema().arguments().size();
+    for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
+      const c10::IValue& argument = (*stack)[i];
+      if (argument.isTensor() && argument.toTensor().requires_grad()) {
         throw Error(
             "ironmoe::fused_experts: out= does not support automatic differentiation, but one "
             "of the arguments requires grad; call it under torch.no_grad() or "
@@ -323,30 +300,19 @@ void fused_experts_out_autograd(const at::Tensor& hidden_states, const at::Tenso
       }
     }
   }
-  // On to the ADInplaceOrView kernel below, which bumps out's version.
-  const at::AutoDispatchBelowAutograd guard;
-  fused_experts_out_op().call(hidden_states, w1, w2, topk_weights, topk_ids, activation,
-                              global_num_experts, expert_begin, quant, w1_scale, w2_scale, a1_scale,
-                              a2_scale, out);
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
 }
 
 // fused_experts_out's ADInplaceOrView kernel: bumps out's version counter after the write, as
 // PyTorch's in-place and out= ops do, so that a tensor autograd saved before it is known to be
 // stale. This key runs in inference_mode too, for every tensor but an inference tensor (which
 // has no counter and skips it).
-void fused_experts_out_inplace(const at::Tensor& hidden_states, const at::Tensor& w1,
-                               const at::Tensor& w2, const at::Tensor& topk_weights,
-                               const at::Tensor& topk_ids, const std::string& activation,
-                               int64_t global_num_experts, int64_t expert_begin,
-                               const std::string& quant, const std::optional<at::Tensor>& w1_scale,
-                               const std::optional<at::Tensor>& w2_scale,
-                               const std::optional<at::Tensor>& a1_scale,
-                               const std::optional<at::Tensor>& a2_scale, at::Tensor& out) {
+void fused_experts_out_inplace(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                               torch::jit::Stack* stack) {
+  const at::Tensor out = stack->back().toTensor();  // the last argument; the op returns nothing
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
-    fused_experts_out_op().call(hidden_states, w1, w2, topk_weights, topk_ids, activation,
-                                global_num_experts, expert_begin, quant, w1_scale, w2_scale,
-                                a1_scale, a2_scale, out);
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
   }
   torch::autograd::impl::bump_version(out);
 }
@@ -387,11 +353,15 @@ TORCH_LIBRARY_IMPL(ironmoe, CPU, m) {
 // model whose weights require grad, since compiling traces the backward. out= refuses such
 // inputs outright, as PyTorch's own out= functions do.
 TORCH_LIBRARY_IMPL(ironmoe, Autograd, m) {
-  m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out_autograd);
+  m.impl(
+      "fused_experts_out",
+      torch::CppFunction::makeFromBoxedFunction<&ironmoe::torch_ops::fused_experts_out_autograd>());
 }
 
 TORCH_LIBRARY_IMPL(ironmoe, ADInplaceOrView, m) {
-  m.impl("fused_experts_out", &ironmoe::torch_ops::fused_experts_out_inplace);
+  m.impl(
+      "fused_experts_out",
+      torch::CppFunction::makeFromBoxedFunction<&ironmoe::torch_ops::fused_experts_out_inplace>());
 }
 
 #if IRONMOE_TORCH_CUDA

@@ -452,7 +452,6 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
       return sum;
     });
   }
-  // With topk_groups == num_groups every group is kept.
   if (stage_keys) {
     const GroupFilter groups = filter_groups(p, staged, lane);
 #pragma unroll
@@ -463,6 +462,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_topk_kernel(RouteParams p
       }
     }
   } else if constexpr (kGroupsInRegisters) {
+    // With topk_groups == num_groups every group is kept.
     if (p.topk_groups < p.num_groups) drop_unkept_groups<kRedux>(p, key, expert, lane);
   }
 
