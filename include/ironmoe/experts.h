@@ -26,8 +26,18 @@ namespace ironmoe {
 // a down call without that gate_up call reads whatever h holds.
 enum class ExpertPhase : uint8_t { all, gate_up, down };
 
+// FP8 experts only: GEMM1's input rows read straight from the tokens and quantised there, the
+// gather fused into the quantisation (no bf16 permuted copy is written or read). Row r of an
+// expert's range is x[row_to_slot[r] / top_k]; a row whose row_to_slot entry is not a slot of x
+// (outside [0, T * top_k), e.g. -1) is read as zeros. Layer::forward passes this for FP8 layers.
+struct GatheredInput {
+  TensorView x;            // [T, H], permuted_in's dtype and device, unit column stride
+  TensorView row_to_slot;  // [R] i32, the plan's permuted row -> slot
+  int64_t top_k = 0;       // slots per token, in [1, kMaxTopK]
+};
+
 struct ExpertArgs {
-  TensorView permuted_in;     // [R, H]
+  TensorView permuted_in;     // [R, H]; with `gathered`, only its shape and dtype are used
   TensorView expert_offsets;  // [E_local] or [E_local + 1] i32 (only the first E_local are read)
   TensorView expert_counts;   // [E_local] i32
   TensorView w13;             // [E_local, 2I, H], contiguous
@@ -48,6 +58,9 @@ struct ExpertArgs {
   TensorView w2_scale;
   TensorView w13_input_scale;
   TensorView w2_input_scale;
+  // Optional (FP8 experts): where GEMM1's input rows come from instead of permuted_in, which is
+  // then not read (it may be permuted_out itself).
+  GatheredInput gathered;
   // Scratch for the device backends (expert_scratch_bytes); may be null on the CPU.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;

@@ -61,7 +61,9 @@ size_t workspace_bytes(const MoeConfig& config, Device device);
 // runs plan through combine as two fused kernels, whose output equals these stages' bit for bit;
 // the workspace's plan and permuted buffers are then not written (IRONMOE_FUSED_DECODE=0 turns
 // the fusion off). With fp8_tensor and no static GEMM1 input scale, input_scale runs before the
-// experts (after route, or anywhere before experts).
+// experts (after route, or anywhere before experts). FP8 layers have no gather stage
+// (has_gather false): their experts quantise GEMM1's input rows straight from x
+// (ExpertArgs::gathered).
 struct LayerStages {
   bool has_route = false;  // false: precomputed topk_ids / topk_weights
   RoutingConfig routing;
@@ -69,6 +71,7 @@ struct LayerStages {
   bool has_input_scale = false;  // fp8_tensor without a static w13_input_scale: run first
   Fp8InputScaleArgs input_scale;
   PlanArgs plan;
+  bool has_gather = true;  // false: FP8 experts read x through the plan themselves
   GatherArgs gather;
   ExpertArgs experts;
   CombineArgs combine;

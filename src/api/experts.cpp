@@ -33,6 +33,27 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
                                     device.index);
 }
 
+namespace {
+
+// The gathered input (ExpertArgs::gathered) against the stage's R, H and dtype.
+void check_gathered_input(const char* where, const GatheredInput& gathered, QuantScheme quant,
+                          DType dtype, int64_t rows, int64_t hidden, Device device) {
+  IRONMOE_CHECK(quant != QuantScheme::none, where, "gathered: only FP8 experts (quant != none) ",
+                "read their input rows from x; bf16 experts read permuted_in (run gather first)");
+  IRONMOE_CHECK(api::present(gathered.x) && api::present(gathered.row_to_slot), where,
+                "gathered: expected both x and row_to_slot, got only ",
+                api::present(gathered.x) ? "x" : "row_to_slot");
+  check_tensor(where, "gathered.x", gathered.x, {dtype, {-1, hidden}, true}, device);
+  api::check_top_k(where, "gathered.top_k", gathered.top_k);
+  const int64_t tokens = gathered.x.size(0);
+  IRONMOE_CHECK(tokens <= api::kMaxIndex / gathered.top_k, where,
+                "gathered.x: T * top_k must fit int32, got T = ", tokens,
+                ", top_k = ", gathered.top_k);
+  check_tensor(where, "gathered.row_to_slot", gathered.row_to_slot, {DType::i32, {rows}}, device);
+}
+
+}  // namespace
+
 void experts(const ExpertArgs& args, const Stream& stream) {
   const char* where = "experts";
   api::check_stream(where, stream);
@@ -43,6 +64,7 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   const DType dtype = args.permuted_in.dtype;
   api::check_float_dtype(where, "permuted_in", dtype, device);
   check_tensor(where, "permuted_in", args.permuted_in, {dtype, {-1, -1}}, device);
+  const bool gathered = api::present(args.gathered.x) || api::present(args.gathered.row_to_slot);
   const int64_t rows = args.permuted_in.size(0);
   const int64_t hidden = args.permuted_in.size(1);
   IRONMOE_CHECK(rows <= api::kMaxIndex, where, "permuted_in: expected at most ", api::kMaxIndex,
@@ -55,6 +77,7 @@ void experts(const ExpertArgs& args, const Stream& stream) {
                     args.quant == QuantScheme::fp8_block,
                 where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
                 static_cast<int>(args.quant));
+  if (gathered) check_gathered_input(where, args.gathered, args.quant, dtype, rows, hidden, device);
   const DType weight_dtype = args.quant == QuantScheme::none ? dtype : DType::f8e4m3;
   IRONMOE_CHECK(api::present(args.w13), where, "w13: expected an [E_local, 2I, H] tensor, ",
                 "got none");
@@ -107,9 +130,20 @@ void experts(const ExpertArgs& args, const Stream& stream) {
        api::byte_range("w13_input_scale", args.w13_input_scale),
        api::byte_range("w2_input_scale", args.w2_input_scale)});
   // permuted_out may be permuted_in itself: GEMM1 reads every input row before GEMM2 writes.
-  const api::ByteRange permuted_in = api::byte_range("permuted_in", args.permuted_in);
-  for (const api::ByteRange& written : {intermediate_range, scratch_range}) {
-    api::check_disjoint(where, written, {permuted_in});
+  if (gathered) {
+    // x may be permuted_out's memory too (an in-place layer): every x row is read by GEMM1.
+    for (const api::ByteRange& written : {intermediate_range, scratch_range}) {
+      api::check_disjoint(where, written,
+                          {api::byte_range("gathered.x", args.gathered.x),
+                           api::byte_range("gathered.row_to_slot", args.gathered.row_to_slot)});
+    }
+    api::check_disjoint(where, permuted_out,
+                        {api::byte_range("gathered.row_to_slot", args.gathered.row_to_slot)});
+  } else {
+    const api::ByteRange permuted_in = api::byte_range("permuted_in", args.permuted_in);
+    for (const api::ByteRange& written : {intermediate_range, scratch_range}) {
+      api::check_disjoint(where, written, {permuted_in});
+    }
   }
   if (device.is_cpu()) {
     cpu::experts(args, stream.threads);

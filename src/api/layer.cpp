@@ -1,7 +1,7 @@
-// Layer: route -> plan -> gather -> experts -> combine, every buffer carved from the caller's
-// workspace (core::workspace_layout), so forward() allocates nothing and never syncs. On CUDA,
-// decode batches take the fused path (cuda/fused_decode.cu): route, then two kernels, with the
-// stages' result bit for bit.
+// Layer: route -> plan -> gather -> experts -> combine (FP8: the gather inside the experts),
+// every buffer carved from the caller's workspace (core::workspace_layout), so forward()
+// allocates nothing and never syncs. On CUDA, decode batches take the fused path
+// (cuda/fused_decode.cu): route, then two kernels, with the stages' result bit for bit.
 #include "ironmoe/layer.h"
 
 #include <initializer_list>
@@ -27,7 +27,8 @@ void check_config_for(const char* where, const MoeConfig& config, Device device)
 
 // What forward() writes (the workspace, out, diagnostics) shares no byte with anything else it
 // touches, checked on the host. out may be x itself or overlap it (in place): x is read whole, by
-// gather or by the fused decode kernels, before combine writes out.
+// gather, the FP8 experts' input quantisation or the fused decode kernels, before combine writes
+// out.
 void check_no_shared_memory(const char* where, const Inputs& inputs, const Weights& weights,
                             const Outputs& outputs, const void* workspace, size_t workspace_bytes) {
   using api::byte_range;
@@ -71,7 +72,7 @@ void Layer::forward(const Inputs& inputs, const Weights& weights, const Outputs&
   if (s.has_input_scale) fp8_input_scale(s.input_scale, stream);
   if (device_.is_cuda() && cuda::try_fused_decode(config_, s, stream.cuda_stream)) return;
   plan(s.plan, stream);
-  gather(s.gather, stream);
+  if (s.has_gather) gather(s.gather, stream);
   experts(s.experts, stream);
   combine(s.combine, stream);
 }
@@ -185,6 +186,12 @@ LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Ou
 
   ExpertArgs& expert_args = result.experts;
   expert_args.permuted_in = gather_args.permuted;
+  if (c.quant != QuantScheme::none) {
+    // The gather fused into GEMM1's input quantisation (DESIGN section 6); permuted_in names
+    // permuted_out's bytes (core::workspace_layout) and is not read.
+    result.has_gather = false;
+    expert_args.gathered = {inputs.x, plan_args.row_to_slot, top_k};
+  }
   expert_args.expert_offsets = plan_args.expert_offsets;
   expert_args.expert_counts = plan_args.expert_counts;
   expert_args.w13 = weights.w13;

@@ -127,11 +127,26 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
   const float* values = fp8_values().data();
 
   if (args.phase != ExpertPhase::down) {
-    // 1. GEMM1 input.
-    quantize_rows(
-        quant, problem, hidden, args.w13_input_scale,
-        [&](int64_t r, int64_t c) { return load(x + r * hidden, c); }, a_codes, a_scales,
-        &tensor_scales[0], threads);
+    // 1. GEMM1 input, from permuted_in or straight from the tokens.
+    const GatheredInput& gathered = args.gathered;
+    if (gathered.x.data != nullptr) {
+      const auto* tokens = static_cast<const Storage*>(gathered.x.data);
+      const int64_t slots = gathered.x.size(0) * gathered.top_k;
+      const auto* row_to_slot = gathered.row_to_slot.ptr<const int32_t>();
+      quantize_rows(
+          quant, problem, hidden, args.w13_input_scale,
+          [&](int64_t r, int64_t c) {
+            const int32_t slot = row_to_slot[r];
+            if (slot < 0 || slot >= slots) return 0.0f;  // not a slot of x: a row of zeros
+            return load(tokens + (slot / gathered.top_k) * gathered.x.strides[0], c);
+          },
+          a_codes, a_scales, &tensor_scales[0], threads);
+    } else {
+      quantize_rows(
+          quant, problem, hidden, args.w13_input_scale,
+          [&](int64_t r, int64_t c) { return load(x + r * hidden, c); }, a_codes, a_scales,
+          &tensor_scales[0], threads);
+    }
     const Fp8Rows a{a_codes, hidden,
                     core::fp8_activation_scale_map(quant, a_scales, &tensor_scales[0], hidden),
                     values};

@@ -1,6 +1,7 @@
 // Stage 4 on CUDA with FP8 experts (ExpertArgs::quant != none), in the CPU backend's steps
-// (cpu/experts_fp8.cpp): quantise GEMM1's input rows (per-tensor: an amax pass first unless a
-// static scale is given), GEMM1 and the activation, quantise h, GEMM2 into permuted_out. Three
+// (cpu/experts_fp8.cpp): quantise GEMM1's input rows (read from permuted_in, or from the tokens
+// through row_to_slot with ExpertArgs::gathered; per-tensor: an amax pass first unless a static
+// scale is given), GEMM1 and the activation, quantise h, GEMM2 into permuted_out. Three
 // GEMM families on E4M3 codes and scales:
 //   hopper         (gemm/grouped_gemm_sm90_fp8.h) E4M3 tensor cores, bf16 activations with H and I
 //                  multiples of 16, every scheme: GEMM1 into an fp32 gate_up buffer, whose
@@ -132,6 +133,20 @@ const float* quantize_input(const gemm::ExpertRows& rows, const Fp8RowSource& so
   return tensor_scale;
 }
 
+// GEMM1's input rows: permuted_in, or the tokens through row_to_slot (ExpertArgs::gathered).
+Fp8RowSource gemm1_input(const ExpertArgs& args) {
+  const int64_t hidden = args.permuted_in.size(1);
+  const GatheredInput& gathered = args.gathered;
+  if (gathered.x.data == nullptr) {
+    return {args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0], hidden};
+  }
+  Fp8RowSource source{gathered.x.data, gathered.x.dtype, gathered.x.strides[0], hidden};
+  source.row_to_slot = gathered.row_to_slot.ptr<const int32_t>();
+  source.top_k = gathered.top_k;
+  source.slots = gathered.x.size(0) * gathered.top_k;
+  return source;
+}
+
 // The stage's buffers, carved from the scratch.
 struct Fp8Buffers {
   uint8_t* a_codes;
@@ -195,10 +210,8 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scra
 
   if (args.phase != ExpertPhase::down) {
     // 1. GEMM1's input, its scales in the GEMM's layout (fp8_tensor: times w13's expert scale).
-    const Fp8RowSource x{args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0],
-                         hidden};
-    quantize_input(rows, x, quant, args.w13_input_scale.ptr<const float>(), &tensor_scales[0],
-                   reinterpret_cast<uint8_t*>(scratch + layout.a_codes),
+    quantize_input(rows, gemm1_input(args), quant, args.w13_input_scale.ptr<const float>(),
+                   &tensor_scales[0], reinterpret_cast<uint8_t*>(scratch + layout.a_codes),
                    {nullptr, a_scales, tensor ? args.w13_scale.ptr<const float>() : nullptr},
                    stream);
 
@@ -330,9 +343,8 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   if (args.phase != ExpertPhase::down) {
     // 1. GEMM1's input, then 2. GEMM1 + activation into fp32 h.
     const float* a_tensor_scale =
-        quantize_input(rows, {args.permuted_in.data, dtype, args.permuted_in.strides[0], hidden},
-                       quant, args.w13_input_scale.ptr<const float>(), &buffers.tensor_scales[0],
-                       buffers.a_codes, {buffers.a_scales}, stream);
+        quantize_input(rows, gemm1_input(args), quant, args.w13_input_scale.ptr<const float>(),
+                       &buffers.tensor_scales[0], buffers.a_codes, {buffers.a_scales}, stream);
     run(gate_up_args(args, buffers, a_tensor_scale));
   }
   if (args.phase == ExpertPhase::gate_up) return;

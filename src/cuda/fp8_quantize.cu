@@ -143,6 +143,9 @@ void dispatch_source(const Fp8RowSource& source, Body&& body) {
     if (source.gated) {
       body(GatedRows<T>{static_cast<const T*>(source.data), source.stride, source.k,
                         source.activation, source.channel_scales});
+    } else if (source.row_to_slot != nullptr) {
+      body(GatheredRows<T>{static_cast<const T*>(source.data), source.stride, source.row_to_slot,
+                           source.top_k, source.slots});
     } else {
       body(PlainRows<T>{static_cast<const T*>(source.data), source.stride});
     }

@@ -10,9 +10,11 @@
 
 namespace ironmoe::cuda {
 
-// The values quantised: row r of src ([R, k] in `dtype`, row stride `stride`) or, when `gated`,
-// act(gate) * up of row r of a gate_up buffer ([R, 2k] in `dtype`, gate first; the Hopper GEMM's
-// fp32 output), computed in fp32 as the CPU backend does.
+// The values quantised: row r of src ([R, k] in `dtype`, row stride `stride`); when `row_to_slot`
+// is given, token row row_to_slot[r] / top_k of src ([T, k], the gather fused in; zeros where the
+// entry is not one of the T * top_k slots); or, when `gated`, act(gate) * up of row r of a
+// gate_up buffer ([R, 2k] in `dtype`, gate first; the Hopper GEMM's fp32 output), computed in
+// fp32 as the CPU backend does.
 struct Fp8RowSource {
   const void* data = nullptr;
   DType dtype = DType::bf16;
@@ -23,6 +25,10 @@ struct Fp8RowSource {
   // Gated only: per-channel weight scales [E_local, 2k] that multiply gate and up first (the
   // Hopper GEMM computes fp8_channel's GEMM1 with unit weight scales).
   const float* channel_scales = nullptr;
+  // Not gated: rows gathered from the tokens.
+  const int32_t* row_to_slot = nullptr;
+  int64_t top_k = 1;
+  int64_t slots = 0;  // T * top_k
 };
 
 // Where the scales go: `row_scales` [R, core::fp8_activation_scales_per_row] (the streaming and

@@ -1,8 +1,8 @@
 #pragma once
 // What the FP8 quantising kernels read and where they put the scales (fp8_quantize.h): the row
-// sources (stored values, or act(gate) * up from a gate_up buffer) read one value or eight
-// consecutive ones, and the scale sink writes a group's scale in the streaming GEMMs' row-major
-// layout and/or the Hopper GEMM's grouped layout.
+// sources (stored values, token rows through the plan's row_to_slot, or act(gate) * up from a
+// gate_up buffer) read one value or eight consecutive ones, and the scale sink writes a group's
+// scale in the streaming GEMMs' row-major layout and/or the Hopper GEMM's grouped layout.
 #include <cstdint>
 
 #include "cuda/gemm/expert_rows.cuh"
@@ -41,6 +41,34 @@ struct PlainRows {
   }
   __device__ void load(int64_t, int64_t r, int64_t c, float (&v)[kFp8Chunk]) const {
     load_chunk(data + r * stride + c, v);
+  }
+};
+
+// Row r is token row_to_slot[r] / top_k of `data`, or zeros where the entry is not a slot: the
+// gather fused into the quantisation.
+template <class T>
+struct GatheredRows {
+  const T* data;
+  int64_t stride;
+  const int32_t* row_to_slot;
+  int64_t top_k;
+  int64_t slots;
+  __device__ const T* row(int64_t r) const {
+    const int32_t slot = row_to_slot[r];
+    return slot >= 0 && slot < slots ? data + (slot / top_k) * stride : nullptr;
+  }
+  __device__ float operator()(int64_t, int64_t r, int64_t c) const {
+    const T* p = row(r);
+    return p != nullptr ? to_float(p[c]) : 0.0f;
+  }
+  __device__ void load(int64_t, int64_t r, int64_t c, float (&v)[kFp8Chunk]) const {
+    const T* p = row(r);
+    if (p != nullptr) {
+      load_chunk(p + c, v);
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < kFp8Chunk; ++j) v[j] = 0.0f;
   }
 };
 

@@ -11,9 +11,14 @@
 // much closer to the FP8 reference than to the unquantised one, so an unquantised path fails.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "reference_fp8.h"
@@ -379,6 +384,112 @@ TEST(LayerFp8Stage, ExpertsStageAloneMatchesTheReferenceAndChecksItsScratch) {
       largest = std::max(largest, std::fabs(ref[col]));
     }
     EXPECT_LT(diff / largest, fp8_tolerance(DType::f32)) << "row " << r;
+  }
+}
+
+// ExpertArgs::gathered on the CPU: the stage reading its rows from strided tokens through
+// row_to_slot gives the bytes of the stage over the rows gathered beforehand, every scheme and
+// storage dtype, an entry of -1 and one past the slots reading zeros and permuted_in poisoned;
+// and every misuse of the gathered input is a clear error.
+TEST(LayerFp8Stage, GatheredInputGivesTheBytesOfThePermutedRowsAndChecksItsArguments) {
+  Rng rng = Rng::for_current_test();
+  SCOPED_TRACE(rng.seed());
+  constexpr int64_t kRows = 10;
+  constexpr int64_t kTokens = 6;
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(quant)) + " " + dtype_name(dtype));
+      const MoeConfig c = fp8_config(quant, dtype, kTokens);
+      const Fp8Problem f = make_fp8_problem(c, kTokens, rng);
+      const int64_t hidden = c.hidden;
+      const int64_t inter = c.intermediate;
+      const int64_t experts = c.num_experts;
+      const int64_t stride = hidden + 3;
+      const int64_t slots = kTokens * c.top_k;
+      const std::vector<float> x = f.p.x.to_float();
+      std::vector<float> strided(static_cast<size_t>(kTokens * stride), poison_float());
+      for (int64_t t = 0; t < kTokens; ++t) {
+        std::copy_n(x.begin() + t * hidden, hidden, strided.begin() + t * stride);
+      }
+      std::uniform_int_distribution<int32_t> any_slot(0, static_cast<int32_t>(slots - 1));
+      std::vector<int32_t> row_to_slot(kRows);
+      for (int32_t& slot : row_to_slot) slot = any_slot(rng.engine());
+      row_to_slot[1] = -1;
+      row_to_slot[5] = static_cast<int32_t>(slots);
+      std::vector<float> gathered(static_cast<size_t>(kRows * hidden), 0.0f);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const int32_t slot = row_to_slot[r];
+        if (slot < 0 || slot >= slots) continue;
+        std::copy_n(x.begin() + slot / c.top_k * hidden, hidden, gathered.begin() + r * hidden);
+      }
+      Buffer tokens = Buffer::from(dtype, strided);
+      Buffer permuted = Buffer::from(dtype, gathered);
+      // Rows 0-2 to expert 3, rows 3-9 to expert 7; the rest own none.
+      std::vector<int32_t> offsets(static_cast<size_t>(experts), 0);
+      std::vector<int32_t> counts(static_cast<size_t>(experts), 0);
+      counts[3] = 3;
+      offsets[7] = 3;
+      counts[7] = 7;
+      const size_t scratch_bytes =
+          expert_scratch_bytes(kRows, hidden, inter, experts, dtype, Device::cpu(), quant);
+      AlignedBuffer scratch(scratch_bytes);
+      Buffer h = Buffer::poisoned(dtype, kRows * inter);
+      const Weights w = fp8_weight_views(c, f.w, {});
+      ExpertArgs args;
+      args.permuted_in = TensorView::contiguous(permuted.data(), dtype, {kRows, hidden});
+      args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {experts});
+      args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {experts});
+      args.w13 = w.w13;
+      args.w2 = w.w2;
+      args.quant = quant;
+      args.w13_scale = w.w13_scale;
+      args.w2_scale = w.w2_scale;
+      args.intermediate = TensorView::contiguous(h.data(), dtype, {kRows, inter});
+      args.scratch = scratch.data();
+      args.scratch_bytes = scratch_bytes;
+      const auto run = [&](ExpertArgs call) {
+        Buffer out = Buffer::poisoned(dtype, kRows * hidden);
+        call.permuted_out = TensorView::contiguous(out.data(), dtype, {kRows, hidden});
+        ironmoe::experts(call, Stream::cpu());
+        return out.bytes();
+      };
+      const std::vector<uint8_t> from_permuted = run(args);
+
+      permuted = Buffer::poisoned(dtype, kRows * hidden);  // any read of permuted_in shows
+      args.permuted_in = TensorView::contiguous(permuted.data(), dtype, {kRows, hidden});
+      args.gathered.x = TensorView::contiguous(tokens.data(), dtype, {kTokens, hidden});
+      args.gathered.x.strides[0] = stride;
+      args.gathered.row_to_slot = TensorView::contiguous(row_to_slot.data(), DType::i32, {kRows});
+      args.gathered.top_k = c.top_k;
+      EXPECT_TRUE(run(args) == from_permuted) << "the gathered input changed the stage's bytes";
+
+      if (quant != QuantScheme::fp8_block || dtype != DType::bf16) continue;
+      const std::pair<const char*, std::function<void(ExpertArgs&)>> misuses[] = {
+          {"bf16 experts", [](ExpertArgs& a) { a.quant = QuantScheme::none; }},
+          {"no row_to_slot", [](ExpertArgs& a) { a.gathered.row_to_slot = {}; }},
+          {"row_to_slot rows", [](ExpertArgs& a) { a.gathered.row_to_slot.shape[0] -= 1; }},
+          {"row_to_slot dtype", [](ExpertArgs& a) { a.gathered.row_to_slot.dtype = DType::f32; }},
+          {"x columns", [](ExpertArgs& a) { a.gathered.x.shape[1] -= 1; }},
+          {"x dtype", [](ExpertArgs& a) { a.gathered.x.dtype = DType::f32; }},
+          {"x column stride", [](ExpertArgs& a) { a.gathered.x.strides[1] = 2; }},
+          {"top_k 0", [](ExpertArgs& a) { a.gathered.top_k = 0; }},
+          {"top_k past kMaxTopK", [](ExpertArgs& a) { a.gathered.top_k = kMaxTopK + 1; }},
+      };
+      Buffer spare_out = Buffer::poisoned(dtype, kRows * hidden);
+      for (const auto& [what, breaks] : misuses) {
+        ExpertArgs bad = args;
+        bad.permuted_out = TensorView::contiguous(spare_out.data(), dtype, {kRows, hidden});
+        breaks(bad);
+        expect_error_naming([&] { ironmoe::experts(bad, Stream::cpu()); }, {"gathered"}, what);
+      }
+      // The scratch over the tokens: refused, naming both.
+      ExpertArgs overlap = args;
+      overlap.permuted_out = TensorView::contiguous(spare_out.data(), dtype, {kRows, hidden});
+      overlap.gathered.x = TensorView::contiguous(scratch.data(), dtype, {kTokens, hidden});
+      expect_error_naming([&] { ironmoe::experts(overlap, Stream::cpu()); },
+                          {"scratch", "gathered.x"}, "scratch over the tokens");
+    }
   }
 }
 

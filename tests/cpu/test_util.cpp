@@ -276,7 +276,7 @@ LayerRun run_layer(const LayerProblem& p, ThreadPool* threads,
   if (s.has_route) route(s.routing, s.route, stream);
   if (s.has_input_scale) fp8_input_scale(s.input_scale, stream);
   plan(s.plan, stream);
-  gather(s.gather, stream);
+  if (s.has_gather) gather(s.gather, stream);
   // The experts stage in its two phases (ExpertPhase), which must give the bits of one call.
   ExpertArgs phase = s.experts;
   phase.phase = ExpertPhase::gate_up;

@@ -573,6 +573,96 @@ TEST_P(Fp8Stage, ExpertsStageAloneEqualsTheCpuStage) {
   }
 }
 
+// ExpertArgs::gathered: the stage reading its input rows from the tokens through row_to_slot gives
+// the bytes of the same stage over those rows gathered on the host, for every scheme and kernel
+// family, with x's rows 16-byte aligned (the vectorised quantisation) or not (the warp per row),
+// an entry of -1 and one past the slots inside the ranges (rows of zeros), and permuted_in
+// poisoned (never read).
+TEST_P(Fp8Stage, GatheredInputGivesTheBytesOfThePermutedRows) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  constexpr int64_t kRows = 300;
+  constexpr int64_t kTokens = 110;
+  const std::vector<int32_t> offsets = {0, 40, 40, 50, 150, 300, 0, 0, 0, 0, 0, 0};
+  const std::vector<int32_t> counts = {40, 0, 1, 100, 150, 0, 0, 0, 0, 0, 0, 0};
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    for (int64_t pad : {8, 3}) {
+      SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", x row stride H + " +
+                   std::to_string(pad));
+      const Fp8Case c = make_case(fp8_config(quant, DType::bf16, kTokens), kTokens, rng, false);
+      const MoeConfig& m = c.config;
+      const int64_t experts = m.num_local_experts();
+      const int64_t hidden = m.hidden;
+      const int64_t inter = m.intermediate;
+      const int64_t top_k = m.top_k;
+      const int64_t stride = hidden + pad;
+      const int64_t slots = kTokens * top_k;
+      std::vector<uint8_t> tokens(static_cast<size_t>(kTokens * stride * 2), kPoisonFloatByte);
+      for (int64_t t = 0; t < kTokens; ++t) {
+        std::copy_n(c.x.begin() + t * hidden * 2, hidden * 2, tokens.begin() + t * stride * 2);
+      }
+      std::uniform_int_distribution<int32_t> any_slot(0, static_cast<int32_t>(slots - 1));
+      std::vector<int32_t> row_to_slot(kRows);
+      for (int32_t& slot : row_to_slot) slot = any_slot(rng);
+      row_to_slot[7] = -1;
+      row_to_slot[160] = static_cast<int32_t>(slots);
+      std::vector<uint8_t> permuted(static_cast<size_t>(kRows * hidden * 2), 0);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const int32_t slot = row_to_slot[r];
+        if (slot < 0 || slot >= slots) continue;
+        std::copy_n(tokens.begin() + slot / top_k * stride * 2, hidden * 2,
+                    permuted.begin() + r * hidden * 2);
+      }
+
+      const Device device = Device::cuda(0);
+      const size_t scratch_bytes =
+          expert_scratch_bytes(kRows, hidden, inter, experts, DType::bf16, device, quant);
+      DeviceBuffer<uint8_t> x(tokens), in(permuted), w13(c.w.w13), w2(c.w.w2);
+      DeviceBuffer<float> w13_scale(c.w.w13_scale), w2_scale(c.w.w2_scale);
+      DeviceBuffer<int32_t> offs(offsets), cnts(counts), map(row_to_slot);
+      DeviceBuffer<uint8_t> h(kRows * inter * 2), out(kRows * hidden * 2);
+      DeviceBuffer<uint8_t> scratch(static_cast<int64_t>(scratch_bytes));
+      const Weights w = weight_views(c, w13.data(), w2.data(), w13_scale.data(), w2_scale.data(),
+                                     nullptr, device);
+      ExpertArgs args;
+      args.permuted_in = TensorView::contiguous(in.data(), DType::bf16, {kRows, hidden}, device);
+      args.expert_offsets = TensorView::contiguous(offs.data(), DType::i32, {experts}, device);
+      args.expert_counts = TensorView::contiguous(cnts.data(), DType::i32, {experts}, device);
+      args.w13 = w.w13;
+      args.w2 = w.w2;
+      args.w13_scale = w.w13_scale;
+      args.w2_scale = w.w2_scale;
+      args.quant = quant;
+      args.kernel = GetParam();
+      args.intermediate = TensorView::contiguous(h.data(), DType::bf16, {kRows, inter}, device);
+      args.permuted_out = TensorView::contiguous(out.data(), DType::bf16, {kRows, hidden}, device);
+      args.scratch = scratch.data();
+      args.scratch_bytes = scratch_bytes;
+      const auto run = [&](const ExpertArgs& call) {
+        scratch.fill_bytes(kPoisonFloatByte);
+        out.fill_bytes(kPoisonFloatByte);
+        ironmoe::experts(call, Stream::cuda(stream()));
+        CUDA_TEST_OK(cudaStreamSynchronize(stream()));
+        return out.download();
+      };
+      const std::vector<uint8_t> from_permuted = run(args);
+
+      in.fill_bytes(kPoisonFloatByte);  // NaN rows: any read of permuted_in shows
+      args.gathered.x = rows_view(x.data(), DType::bf16, kTokens, hidden, stride, device);
+      args.gathered.row_to_slot = TensorView::contiguous(map.data(), DType::i32, {kRows}, device);
+      args.gathered.top_k = top_k;
+      const std::vector<uint8_t> from_tokens = run(args);
+      EXPECT_TRUE(from_tokens == from_permuted) << "the gathered input changed the stage's bytes";
+      // Rows 41-49 belong to no expert: never written.
+      for (size_t i = 41 * hidden * 2; i < 50 * static_cast<size_t>(hidden) * 2; ++i) {
+        ASSERT_EQ(from_tokens[i], kPoisonFloatByte) << "byte " << i;
+      }
+    }
+  }
+}
+
 // Each scheme's layer (bf16) at each of `token_counts` with the config `make_config(quant)`,
 // against the CPU backend.
 template <class MakeConfig>

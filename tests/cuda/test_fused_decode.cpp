@@ -123,7 +123,7 @@ class FusedDecode : public CudaTestWithParam<FusedCase> {
       // Where the fused path does not apply, forward() runs exactly these stages.
       if (fused) s.experts.kernel = ExpertKernel::weight_stream;
       plan(s.plan, gpu());
-      gather(s.gather, gpu());
+      if (s.has_gather) gather(s.gather, gpu());
       experts(s.experts, gpu());
       combine(s.combine, gpu());
     } else {

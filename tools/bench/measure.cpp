@@ -108,7 +108,7 @@ BenchRow measure_row(const Problem& problem, int64_t tokens, const BenchSettings
     const LayerStages s = layer.stages(inputs, weights, outputs, ws, stream);
     if (s.has_route) row.stages[0] = time_call([&] { route(s.routing, s.route, stream); });
     row.stages[1] = time_call([&] { plan(s.plan, stream); });
-    row.stages[2] = time_call([&] { gather(s.gather, stream); });
+    if (s.has_gather) row.stages[2] = time_call([&] { gather(s.gather, stream); });
     ExpertArgs phase = s.experts;
     phase.phase = ExpertPhase::gate_up;
     row.stages[3] = time_call([&] { ironmoe::experts(phase, stream); });
