@@ -6,7 +6,8 @@
 //                 weights once per 8 rows at full bandwidth, activation fused, fp32 gate and up
 //                 (gemm/weight_stream.h). Chosen by weight_stream_preferred (measured table).
 //  grouped_gemm   bf16 on a Hopper GPU with TMA-compatible operands (H and I multiples of 8,
-//                 16-byte aligned buffers): write both GEMMs' device-side problem lists (one
+//                 16-byte aligned buffers), in the tile shape of the rows per expert
+//                 (gemm::sm90_bf16_shape_for): write both GEMMs' device-side problem lists (one
 //                 launch), GEMM1 x @ w13^T -> gate_up [R, 2I] (bf16, in scratch), h = act(gate) *
 //                 up -> intermediate, GEMM2 h @ w2^T -> permuted_out. gate and up are rounded to
 //                 bf16 before the activation (one extra rounding the CPU backend does not do).
@@ -19,6 +20,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/check.h"
 #include "cuda/cuda_backend.h"
@@ -71,6 +74,20 @@ Sm90Scratch sm90_scratch(int64_t max_rows, int64_t intermediate, int64_t local_e
 // Shapes the Hopper path can take at all (pointers and strides are checked per call).
 bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
   return dtype == DType::bf16 && hidden % 8 == 0 && intermediate % 8 == 0;
+}
+
+// The Hopper GEMMs' tile shape (gemm::sm90_bf16_shape_for), unless IRONMOE_SM90_BF16_SHAPE is
+// wide or few_rows (for A/B measurements of the choice).
+gemm::Sm90Bf16Shape sm90_shape(int64_t rows_total, int64_t local_experts) {
+  static const int forced = [] {
+    const char* shape = std::getenv("IRONMOE_SM90_BF16_SHAPE");
+    if (shape == nullptr) return -1;
+    if (std::strcmp(shape, "wide") == 0) return static_cast<int>(gemm::Sm90Bf16Shape::wide);
+    if (std::strcmp(shape, "few_rows") == 0) return static_cast<int>(gemm::Sm90Bf16Shape::few_rows);
+    return -1;
+  }();
+  if (forced >= 0) return static_cast<gemm::Sm90Bf16Shape>(forced);
+  return gemm::sm90_bf16_shape_for(rows_total, local_experts);
 }
 
 constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";
@@ -217,11 +234,12 @@ void experts(const ExpertArgs& args, void* stream_handle) {
 
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
   const gemm::Sm90GemmOperands operands[2] = {gemm1, gemm2};
-  gemm::sm90_bf16_write_problem_lists(rows, operands, lists, 2, scratch + layout.workspace,
+  const gemm::Sm90Bf16Shape shape = sm90_shape(rows_total, local_experts);
+  gemm::sm90_bf16_write_problem_lists(shape, rows, operands, lists, 2, scratch + layout.workspace,
                                       layout.workspace_bytes, stream);
   if (args.phase != ExpertPhase::down) {
-    gemm::sm90_bf16_grouped_gemm(local_experts, lists[0], scratch + layout.workspace, device_index,
-                                 sms, stream);
+    gemm::sm90_bf16_grouped_gemm(shape, local_experts, lists[0], scratch + layout.workspace,
+                                 device_index, sms, stream);
     gemm::GatedActivationArgs activation;
     activation.gate_up = gemm1.d;
     activation.gate_up_stride = gemm1.d_stride;
@@ -233,8 +251,8 @@ void experts(const ExpertArgs& args, void* stream_handle) {
     gemm::gated_activation(rows, activation, stream);
   }
   if (args.phase == ExpertPhase::gate_up) return;
-  gemm::sm90_bf16_grouped_gemm(local_experts, lists[1], scratch + layout.workspace, device_index,
-                               sms, stream);
+  gemm::sm90_bf16_grouped_gemm(shape, local_experts, lists[1], scratch + layout.workspace,
+                               device_index, sms, stream);
 }
 
 }  // namespace ironmoe::cuda

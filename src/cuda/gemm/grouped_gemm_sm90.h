@@ -21,6 +21,19 @@
 
 namespace ironmoe::cuda::gemm {
 
+// The kernel's tile shape: wide (128 rows of an expert x 256 columns) or few_rows (the operands
+// swapped: 128 weight rows x 32 rows of an expert), for experts with a handful of rows each,
+// whose 128-row tiles would be mostly empty. Chosen by sm90_bf16_shape_for.
+enum class Sm90Bf16Shape : uint8_t { wide, few_rows };
+
+// few_rows up to this many permuted rows per local expert on average (the 32-row side of its tile
+// then holds most experts' rows whole).
+inline constexpr int64_t kSm90FewRowsMaxAverage = 32;
+inline Sm90Bf16Shape sm90_bf16_shape_for(int64_t rows_total, int64_t local_experts) {
+  return rows_total <= kSm90FewRowsMaxAverage * local_experts ? Sm90Bf16Shape::few_rows
+                                                              : Sm90Bf16Shape::wide;
+}
+
 struct Sm90GemmOperands {
   const void* a = nullptr;  // [R, K] bf16, row stride a_stride
   int64_t a_stride = 0;
@@ -34,21 +47,22 @@ struct Sm90GemmOperands {
 
 bool sm90_bf16_supports(const Sm90GemmOperands& operands);
 
-// Device bytes of one GEMM's problem list for `num_experts` groups.
+// Device bytes of one GEMM's problem list for `num_experts` groups, either shape.
 size_t sm90_bf16_problem_list_bytes(int64_t num_experts);
-// Device bytes of the GEMM kernel's own workspace (a TMA descriptor set per SM).
+// Device bytes of the GEMM kernel's own workspace (a TMA descriptor set per SM), either shape.
 size_t sm90_bf16_workspace_bytes(int sm_count);
 
 // Writes the problem lists of `count` GEMMs (1 or 2) over the same experts in one launch;
 // lists[i] (sm90_bf16_problem_list_bytes each, 16-byte aligned) receives GEMM i. The same launch
 // zeroes the GEMM workspace (sm90_bf16_workspace_bytes) that the following GEMMs will use.
-void sm90_bf16_write_problem_lists(const ExpertRows& rows, const Sm90GemmOperands* gemms,
-                                   void* const* lists, int count, void* workspace,
-                                   size_t workspace_bytes, cudaStream_t stream);
+// The lists are written for, and only valid with, one shape.
+void sm90_bf16_write_problem_lists(Sm90Bf16Shape shape, const ExpertRows& rows,
+                                   const Sm90GemmOperands* gemms, void* const* lists, int count,
+                                   void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Runs one grouped GEMM from a problem list written above. `workspace` holds
+// Runs one grouped GEMM from a problem list written above for the same shape. `workspace` holds
 // sm90_bf16_workspace_bytes(sm_count) bytes, 64-byte aligned; GEMMs on one stream may share it.
-void sm90_bf16_grouped_gemm(int64_t num_experts, const void* list, void* workspace,
-                            int device_index, int sm_count, cudaStream_t stream);
+void sm90_bf16_grouped_gemm(Sm90Bf16Shape shape, int64_t num_experts, const void* list,
+                            void* workspace, int device_index, int sm_count, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm
