@@ -364,14 +364,15 @@ std::vector<ExpertCase> all_cases() {
       make_case("bf16_small_batched_gelu", DType::bf16, 256, 128, small, Layout::batched, kGelu),
       make_case("bf16_small_contiguous_gelu", DType::bf16, 384, 200, {3, 0, 257, 1},
                 Layout::contiguous, kGelu),
-      // The Hopper GEMM's two tile shapes (gemm::sm90_bf16_shape_for: few_rows up to 32 rows per
-      // expert on average, wide above): few_rows with counts around its 32-row tile edge, in
-      // both layouts (batched: R = 6 x capacity 32), and wide just past the average.
+      // The Hopper GEMM's two tile shapes (gemm::sm90_bf16_shape_for: few_rows up to 6 rows per
+      // expert on average, wide above): few_rows with counts around its 32-row tile edge (169
+      // rows over 30 experts), batched (R = 6 x capacity 6), and wide with such counts.
       make_case("bf16_few_rows_tile_edges", DType::bf16, 384, 200,
-                {0, 31, 32, 33, 65, 1, 0, 2, 0, 0, 0, 0}),
-      make_case("bf16_few_rows_batched_gelu", DType::bf16, 256, 136, {29, 0, 1, 17, 3, 0},
+                {0, 31, 32, 33, 65, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0,
+                 0, 0,  0,  0,  0,  0, 0, 0, 0, 0, 0, 0, 0, 0, 0}),
+      make_case("bf16_few_rows_batched_gelu", DType::bf16, 256, 136, {3, 0, 1, 2, 3, 0},
                 Layout::batched, kGelu),
-      make_case("bf16_wide_just_past_few_rows", DType::bf16, 256, 128, {40, 31, 33, 30}),
+      make_case("bf16_wide_tile_edges", DType::bf16, 256, 128, {40, 31, 33, 30, 65}),
       make_case("bf16_all_experts_empty", DType::bf16, 256, 128, {0, 0, 0}),
       make_case("bf16_all_experts_empty_batched", DType::bf16, 256, 128, {0, 0, 0},
                 Layout::batched),

@@ -28,10 +28,11 @@ enum class Sm90Bf16Shape : uint8_t { wide, few_rows };
 
 // few_rows up to this many permuted rows per local expert on average. Measured on an H200 with
 // either shape forced (docs/performance.md, session 21): few_rows 5-14% faster at 0.3-5 rows per
-// expert on average and 3-11% at 16-20 (qwen3 at 256 tokens, mixtral at 64, qwen3-next at 1024),
-// but 4% slower for deepseek-v3 at 8 (its grouped routing loads some experts past the 32-row
-// tile) and 39-289% slower at 32-64 rows (tiles of 32 rows re-read the weights).
-inline constexpr int64_t kSm90FewRowsMaxAverage = 16;
+// expert on average, every preset; at 16-20 faster for qwen3-30b-a3b, mixtral-8x7b and
+// qwen3-next-80b-a3b (3-11%) but 4% slower for deepseek-v3 already at 8 (not yet understood; a
+// likely cause: its grouped routing gives some experts more than one 32-row tile, and a second row
+// tile re-reads weights that have left L2); 39-289% slower at 32-64.
+inline constexpr int64_t kSm90FewRowsMaxAverage = 6;
 inline Sm90Bf16Shape sm90_bf16_shape_for(int64_t rows_total, int64_t local_experts) {
   return rows_total <= kSm90FewRowsMaxAverage * local_experts ? Sm90Bf16Shape::few_rows
                                                               : Sm90Bf16Shape::wide;
