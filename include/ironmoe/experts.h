@@ -12,8 +12,8 @@
 // h straight from GEMM1's fp32 result), each product is code x code, scaled per the scheme, and
 // summed in fp32; out is rounded once to permuted_in's dtype (twice for fp8_channel on the Hopper
 // FP8 GEMM, whose per-channel down scales are applied to its bf16 output). `intermediate` is not
-// written. On CUDA the tensor cores' FP8 sums keep fewer bits than fp32 inside each 128-deep K
-// block (docs/contract.md L6 gives the tolerances against the CPU backend).
+// touched and may be absent. On CUDA the tensor cores' FP8 sums keep fewer bits than fp32 inside
+// each 128-deep K block (docs/contract.md L6 gives the tolerances against the CPU backend).
 #include "ironmoe/stream.h"
 #include "ironmoe/tensor.h"
 
@@ -45,7 +45,7 @@ struct ExpertArgs {
   Activation activation = Activation::silu_and_mul;
   ExpertKernel kernel = ExpertKernel::automatic;  // CUDA only (types.h)
   ExpertPhase phase = ExpertPhase::all;
-  TensorView intermediate;  // scratch [R, I], same dtype
+  TensorView intermediate;  // scratch [R, I], same dtype; FP8 experts: optional, never touched
   TensorView permuted_out;  // out [R, H], same dtype
   // FP8 experts: the scheme, weight scales (f32, contiguous) and, for fp8_tensor only, optional
   // static activation scales (f32 [1] each; absent: dynamic, computed from the stage's rows).

@@ -110,7 +110,10 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   IRONMOE_CHECK(args.phase == ExpertPhase::all || args.phase == ExpertPhase::gate_up ||
                     args.phase == ExpertPhase::down,
                 where, "phase: expected all, gate_up or down, got ", static_cast<int>(args.phase));
-  check_tensor(where, "intermediate", args.intermediate, {dtype, {rows, intermediate}}, device);
+  // FP8 experts keep h in their scratch (fp32, then E4M3) and never touch `intermediate`.
+  if (args.quant == QuantScheme::none || api::present(args.intermediate)) {
+    check_tensor(where, "intermediate", args.intermediate, {dtype, {rows, intermediate}}, device);
+  }
   check_tensor(where, "permuted_out", args.permuted_out, {dtype, {rows, hidden}}, device);
   api::check_scratch(where, args.scratch, args.scratch_bytes,
                      expert_scratch_bytes(rows, hidden, intermediate, local_experts, dtype,

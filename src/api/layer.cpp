@@ -198,7 +198,9 @@ LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Ou
   expert_args.w2 = weights.w2;
   expert_args.activation = c.activation;
   expert_args.kernel = c.expert_kernel;
-  expert_args.intermediate = view(layout.intermediate, c.dtype, {rows, inter});
+  if (c.quant == QuantScheme::none) {
+    expert_args.intermediate = view(layout.intermediate, c.dtype, {rows, inter});
+  }
   expert_args.permuted_out = view(layout.permuted_out, c.dtype, {rows, hidden});
   expert_args.scratch = base + layout.expert_scratch;
   expert_args.scratch_bytes = layout.expert_scratch_bytes;
