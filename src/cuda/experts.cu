@@ -78,15 +78,15 @@ bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
 
 // The Hopper GEMMs' tile shape (gemm::sm90_bf16_shape_for), unless IRONMOE_SM90_BF16_SHAPE is
 // wide or few_rows (for A/B measurements of the choice).
-gemm::Sm90Bf16Shape sm90_shape(int64_t rows_total, int64_t local_experts) {
+gemm::Sm90Shape sm90_shape(int64_t rows_total, int64_t local_experts) {
   static const int forced = [] {
     const char* shape = std::getenv("IRONMOE_SM90_BF16_SHAPE");
     if (shape == nullptr) return -1;
-    if (std::strcmp(shape, "wide") == 0) return static_cast<int>(gemm::Sm90Bf16Shape::wide);
-    if (std::strcmp(shape, "few_rows") == 0) return static_cast<int>(gemm::Sm90Bf16Shape::few_rows);
+    if (std::strcmp(shape, "wide") == 0) return static_cast<int>(gemm::Sm90Shape::wide);
+    if (std::strcmp(shape, "few_rows") == 0) return static_cast<int>(gemm::Sm90Shape::few_rows);
     return -1;
   }();
-  if (forced >= 0) return static_cast<gemm::Sm90Bf16Shape>(forced);
+  if (forced >= 0) return static_cast<gemm::Sm90Shape>(forced);
   return gemm::sm90_bf16_shape_for(rows_total, local_experts);
 }
 
@@ -234,7 +234,7 @@ void experts(const ExpertArgs& args, void* stream_handle) {
 
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
   const gemm::Sm90GemmOperands operands[2] = {gemm1, gemm2};
-  const gemm::Sm90Bf16Shape shape = sm90_shape(rows_total, local_experts);
+  const gemm::Sm90Shape shape = sm90_shape(rows_total, local_experts);
   gemm::sm90_bf16_write_problem_lists(shape, rows, operands, lists, 2, scratch + layout.workspace,
                                       layout.workspace_bytes, stream);
   if (args.phase != ExpertPhase::down) {

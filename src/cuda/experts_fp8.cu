@@ -18,6 +18,8 @@
 // Every buffer is carved from the scratch (core::fp8_scratch, or the Hopper path's own layout);
 // nothing syncs with the host.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/check.h"
 #include "core/fp8_scales.h"
@@ -188,6 +190,14 @@ gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers
   return gemm1;
 }
 
+// The Hopper FP8 GEMMs' tile shape (gemm/sm90_shape.h): wide, unless IRONMOE_SM90_FP8_SHAPE is
+// few_rows (an experiment not yet measured; read at every call, so a test can switch it).
+gemm::Sm90Shape fp8_sm90_shape() {
+  const char* shape = std::getenv("IRONMOE_SM90_FP8_SHAPE");
+  return shape != nullptr && std::strcmp(shape, "few_rows") == 0 ? gemm::Sm90Shape::few_rows
+                                                                 : gemm::Sm90Shape::wide;
+}
+
 void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scratch,
                 const HopperScratch& layout, const gemm::Sm90Fp8GemmOperands* gemms,
                 int device_index, int sms, cudaStream_t stream) {
@@ -203,8 +213,9 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scra
   // Both problem lists (and the unit weight scales of the schemes without block scales), in
   // either phase: a down call alone finds them written.
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
+  const gemm::Sm90Shape shape = fp8_sm90_shape();
   gemm::sm90_fp8_write_problem_lists(
-      rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
+      shape, rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
       reinterpret_cast<float*>(scratch + layout.ones),
       quant == QuantScheme::fp8_block ? 0 : layout.ones_count, stream);
 
@@ -216,8 +227,8 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scra
                    stream);
 
     // 2. GEMM1 into gate_up.
-    gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[0], DType::f32, scratch + layout.workspace,
-                                device_index, sms, stream);
+    gemm::sm90_fp8_grouped_gemm(shape, rows.num_experts, lists[0], DType::f32,
+                                scratch + layout.workspace, device_index, sms, stream);
 
     // 3. act(gate) * up (fp8_channel: gate and up times their weight scales first), quantised
     //    straight from gate_up into GEMM2's codes.
@@ -233,8 +244,8 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scra
   if (args.phase == ExpertPhase::gate_up) return;
 
   // 4. GEMM2 into permuted_out (fp8_channel: then times w2's channel scales).
-  gemm::sm90_fp8_grouped_gemm(rows.num_experts, lists[1], DType::bf16, scratch + layout.workspace,
-                              device_index, sms, stream);
+  gemm::sm90_fp8_grouped_gemm(shape, rows.num_experts, lists[1], DType::bf16,
+                              scratch + layout.workspace, device_index, sms, stream);
   if (channel) {
     gemm::scale_expert_columns(rows, args.permuted_out.data, args.permuted_out.strides[0], hidden,
                                args.w2_scale.ptr<const float>(), stream);

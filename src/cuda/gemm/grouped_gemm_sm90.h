@@ -18,14 +18,11 @@
 #include <cstdint>
 
 #include "cuda/gemm/expert_rows.h"
+#include "cuda/gemm/sm90_shape.h"
 
 namespace ironmoe::cuda::gemm {
 
-// The kernel's tile shape: wide (128 rows of an expert x 256 columns) or few_rows (the operands
-// swapped: 128 weight rows x 32 rows of an expert), for experts with a handful of rows each,
-// whose 128-row tiles would be mostly empty. Chosen by sm90_bf16_shape_for.
-enum class Sm90Bf16Shape : uint8_t { wide, few_rows };
-
+// The kernel's tile shape (sm90_shape.h) is chosen by sm90_bf16_shape_for.
 // few_rows up to this many permuted rows per local expert on average. Measured on an H200 with
 // either shape forced (docs/performance.md, session 21): few_rows 5-14% faster at 0.3-5 rows per
 // expert on average, every preset; at 16-20 faster for qwen3-30b-a3b, mixtral-8x7b and
@@ -33,9 +30,9 @@ enum class Sm90Bf16Shape : uint8_t { wide, few_rows };
 // likely cause: its grouped routing gives some experts more than one 32-row tile, and a second row
 // tile re-reads weights that have left L2); 39-289% slower at 32-64.
 inline constexpr int64_t kSm90FewRowsMaxAverage = 6;
-inline Sm90Bf16Shape sm90_bf16_shape_for(int64_t rows_total, int64_t local_experts) {
-  return rows_total <= kSm90FewRowsMaxAverage * local_experts ? Sm90Bf16Shape::few_rows
-                                                              : Sm90Bf16Shape::wide;
+inline Sm90Shape sm90_bf16_shape_for(int64_t rows_total, int64_t local_experts) {
+  return rows_total <= kSm90FewRowsMaxAverage * local_experts ? Sm90Shape::few_rows
+                                                              : Sm90Shape::wide;
 }
 
 struct Sm90GemmOperands {
@@ -60,13 +57,13 @@ size_t sm90_bf16_workspace_bytes(int sm_count);
 // lists[i] (sm90_bf16_problem_list_bytes each, 16-byte aligned) receives GEMM i. The same launch
 // zeroes the GEMM workspace (sm90_bf16_workspace_bytes) that the following GEMMs will use.
 // The lists are written for, and only valid with, one shape.
-void sm90_bf16_write_problem_lists(Sm90Bf16Shape shape, const ExpertRows& rows,
+void sm90_bf16_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
                                    const Sm90GemmOperands* gemms, void* const* lists, int count,
                                    void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // Runs one grouped GEMM from a problem list written above for the same shape. `workspace` holds
 // sm90_bf16_workspace_bytes(sm_count) bytes, 64-byte aligned; GEMMs on one stream may share it.
-void sm90_bf16_grouped_gemm(Sm90Bf16Shape shape, int64_t num_experts, const void* list,
-                            void* workspace, int device_index, int sm_count, cudaStream_t stream);
+void sm90_bf16_grouped_gemm(Sm90Shape shape, int64_t num_experts, const void* list, void* workspace,
+                            int device_index, int sm_count, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm

@@ -33,10 +33,10 @@ size_t sm90_bf16_workspace_bytes(int sm_count) {
                   sm90_bf16::workspace_bytes_few_rows(sm_count));
 }
 
-void sm90_bf16_write_problem_lists(Sm90Bf16Shape shape, const ExpertRows& rows,
+void sm90_bf16_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
                                    const Sm90GemmOperands* gemms, void* const* lists, int count,
                                    void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  if (shape == Sm90Bf16Shape::few_rows) {
+  if (shape == Sm90Shape::few_rows) {
     sm90_bf16::write_problem_lists_few_rows(rows, gemms, lists, count, workspace, workspace_bytes,
                                             stream);
   } else {
@@ -45,9 +45,9 @@ void sm90_bf16_write_problem_lists(Sm90Bf16Shape shape, const ExpertRows& rows,
   }
 }
 
-void sm90_bf16_grouped_gemm(Sm90Bf16Shape shape, int64_t num_experts, const void* list,
-                            void* workspace, int device_index, int sm_count, cudaStream_t stream) {
-  if (shape == Sm90Bf16Shape::few_rows) {
+void sm90_bf16_grouped_gemm(Sm90Shape shape, int64_t num_experts, const void* list, void* workspace,
+                            int device_index, int sm_count, cudaStream_t stream) {
+  if (shape == Sm90Shape::few_rows) {
     sm90_bf16::grouped_gemm_few_rows(num_experts, list, workspace, device_index, sm_count, stream);
   } else {
     sm90_bf16::grouped_gemm_wide(num_experts, list, workspace, device_index, sm_count, stream);

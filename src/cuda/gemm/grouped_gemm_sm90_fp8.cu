@@ -24,6 +24,7 @@ struct ListWrite {
 
 struct ListWrites {
   ListWrite gemms[2];
+  bool few_rows;  // sm90_shape.h: the weights as A, the rows as B
 };
 
 // Words to zero (the GEMM workspace, see the bf16 GEMM's writer for why) and floats to set to 1.
@@ -34,8 +35,8 @@ struct Fills {
   int64_t ones_count = 0;
 };
 
-// Grid rows 0 and 1: one thread per (expert, GEMM); an empty or invalid range becomes an M = 0
-// problem, which gets no tiles. The last grid row does the fills.
+// Grid rows 0 and 1: one thread per (expert, GEMM); an empty or invalid range becomes a problem
+// without rows, which gets no tiles. The last grid row does the fills.
 __global__ void write_problem_lists_kernel(ExpertRows rows, ListWrites writes, Fills fills) {
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (blockIdx.y == gridDim.y - 1) {
@@ -53,20 +54,37 @@ __global__ void write_problem_lists_kernel(ExpertRows rows, ListWrites writes, F
   const RowRange range = expert_row_range(rows, expert);
   const int64_t k_blocks = (op.k + kSm90Fp8ScaleBlock - 1) / kSm90Fp8ScaleBlock;
   const int64_t d_bytes = op.d_dtype == DType::f32 ? 4 : 2;
-  write.arrays.shapes[expert] = sm90_fp8::Shape{static_cast<int>(range.count),
-                                                static_cast<int>(op.n), static_cast<int>(op.k)};
-  write.arrays.a_pointers[expert] =
-      reinterpret_cast<const ElementAB*>(op.a + range.begin * op.a_stride);
-  write.arrays.b_pointers[expert] =
-      reinterpret_cast<const ElementAB*>(op.b + expert * op.b_expert_stride);
-  write.arrays.d_pointers[expert] = static_cast<char*>(op.d) + range.begin * op.d_stride * d_bytes;
-  write.arrays.a_scale_pointers[expert] =
-      op.a_scales +
-      sm90_fp8_activation_scale_index(range.begin, range.count, range.begin, 0, k_blocks);
-  write.arrays.b_scale_pointers[expert] = op.b_scales + expert * op.b_scales_expert_stride;
-  write.arrays.a_strides[expert] = cute::make_stride(op.a_stride, cute::_1{}, cute::_0{});
-  write.arrays.b_strides[expert] = cute::make_stride(op.k, cute::_1{}, cute::_0{});
-  write.arrays.d_strides[expert] = cute::make_stride(op.d_stride, cute::_1{}, cute::_0{});
+  const auto* rows_codes = reinterpret_cast<const ElementAB*>(op.a + range.begin * op.a_stride);
+  const auto* weights = reinterpret_cast<const ElementAB*>(op.b + expert * op.b_expert_stride);
+  // The rows' scales, K-block major inside the expert: the M-major scales of a wide tile's rows,
+  // and just as well the N-major scales of a few_rows tile's rows.
+  const float* rows_scales = op.a_scales + sm90_fp8_activation_scale_index(
+                                               range.begin, range.count, range.begin, 0, k_blocks);
+  const float* weight_scales = op.b_scales + expert * op.b_scales_expert_stride;
+  const auto count = static_cast<int>(range.count);
+  const auto n = static_cast<int>(op.n);
+  const auto k = static_cast<int>(op.k);
+  const sm90_fp8::ListArrays& arrays = write.arrays;
+  arrays.d_pointers[expert] = static_cast<char*>(op.d) + range.begin * op.d_stride * d_bytes;
+  if (writes.few_rows) {
+    arrays.shapes[expert] = sm90_fp8::Shape{n, count, k};
+    arrays.a_pointers[expert] = weights;
+    arrays.b_pointers[expert] = rows_codes;
+    arrays.a_scale_pointers[expert] = weight_scales;
+    arrays.b_scale_pointers[expert] = rows_scales;
+    arrays.a_strides[expert] = cute::make_stride(op.k, cute::_1{}, cute::_0{});
+    arrays.b_strides[expert] = cute::make_stride(op.a_stride, cute::_1{}, cute::_0{});
+    arrays.d_column_strides[expert] = cute::make_stride(cute::_1{}, op.d_stride, cute::_0{});
+  } else {
+    arrays.shapes[expert] = sm90_fp8::Shape{count, n, k};
+    arrays.a_pointers[expert] = rows_codes;
+    arrays.b_pointers[expert] = weights;
+    arrays.a_scale_pointers[expert] = rows_scales;
+    arrays.b_scale_pointers[expert] = weight_scales;
+    arrays.a_strides[expert] = cute::make_stride(op.a_stride, cute::_1{}, cute::_0{});
+    arrays.b_strides[expert] = cute::make_stride(op.k, cute::_1{}, cute::_0{});
+    arrays.d_strides[expert] = cute::make_stride(op.d_stride, cute::_1{}, cute::_0{});
+  }
 }
 
 bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
@@ -88,18 +106,22 @@ size_t sm90_fp8_problem_list_bytes(int64_t num_experts) {
 }
 
 size_t sm90_fp8_workspace_bytes(int sm_count) {
-  return std::max(sm90_fp8::workspace_bytes_out_bf16(sm_count),
-                  sm90_fp8::workspace_bytes_out_f32(sm_count));
+  return std::max({sm90_fp8::workspace_bytes_out_bf16(sm_count),
+                   sm90_fp8::workspace_bytes_out_f32(sm_count),
+                   sm90_fp8::workspace_bytes_out_bf16_few_rows(sm_count),
+                   sm90_fp8::workspace_bytes_out_f32_few_rows(sm_count)});
 }
 
-void sm90_fp8_write_problem_lists(const ExpertRows& rows, const Sm90Fp8GemmOperands* gemms,
-                                  void* const* lists, void* workspace, size_t workspace_bytes,
-                                  float* ones, int64_t ones_count, cudaStream_t stream) {
+void sm90_fp8_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
+                                  const Sm90Fp8GemmOperands* gemms, void* const* lists,
+                                  void* workspace, size_t workspace_bytes, float* ones,
+                                  int64_t ones_count, cudaStream_t stream) {
   IRONMOE_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0 && workspace_bytes % 16 == 0,
                 "experts", "internal: GEMM workspace must be 16-byte aligned and sized, got ",
                 workspace, " and ", workspace_bytes, " bytes");
   if (rows.num_experts == 0) return;
   ListWrites writes{};
+  writes.few_rows = shape == Sm90Shape::few_rows;
   for (int i = 0; i < 2; ++i) {
     writes.gemms[i] = {gemms[i], sm90_fp8::list_arrays(lists[i], rows.num_experts)};
   }
@@ -113,13 +135,16 @@ void sm90_fp8_write_problem_lists(const ExpertRows& rows, const Sm90Fp8GemmOpera
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
 }
 
-void sm90_fp8_grouped_gemm(int64_t num_experts, const void* list, DType out_dtype, void* workspace,
-                           int device_index, int sm_count, cudaStream_t stream) {
+void sm90_fp8_grouped_gemm(Sm90Shape shape, int64_t num_experts, const void* list, DType out_dtype,
+                           void* workspace, int device_index, int sm_count, cudaStream_t stream) {
   if (num_experts == 0) return;
+  const bool few_rows = shape == Sm90Shape::few_rows;
   if (out_dtype == DType::f32) {
-    sm90_fp8::grouped_gemm_out_f32(num_experts, list, workspace, device_index, sm_count, stream);
+    (few_rows ? sm90_fp8::grouped_gemm_out_f32_few_rows : sm90_fp8::grouped_gemm_out_f32)(
+        num_experts, list, workspace, device_index, sm_count, stream);
   } else {
-    sm90_fp8::grouped_gemm_out_bf16(num_experts, list, workspace, device_index, sm_count, stream);
+    (few_rows ? sm90_fp8::grouped_gemm_out_bf16_few_rows : sm90_fp8::grouped_gemm_out_bf16)(
+        num_experts, list, workspace, device_index, sm_count, stream);
   }
 }
 

@@ -13,7 +13,8 @@
 //       vLLM's block-scale layout as is; b_scales_expert_stride 0 shares one [NB, KB] block.
 // Schemes with coarser scales expand to these (experts_fp8.cu). Like the bf16 GEMM
 // (grouped_gemm_sm90.h), the problem list is written on the device, nothing syncs with the host,
-// and rows outside every expert's range are never read or written.
+// and rows outside every expert's range are never read or written. Two tile shapes
+// (sm90_shape.h): wide (128 rows x 128 columns) and few_rows (128 weight rows x 32 rows).
 //
 // Requirements (sm90_fp8_supports): K a multiple of 16, 16-byte aligned code and output pointers
 // and row strides.
@@ -24,6 +25,7 @@
 
 #include "core/host_device.h"
 #include "cuda/gemm/expert_rows.h"
+#include "cuda/gemm/sm90_shape.h"
 #include "ironmoe/types.h"
 
 namespace ironmoe::cuda::gemm {
@@ -62,14 +64,16 @@ size_t sm90_fp8_workspace_bytes(int sm_count);
 // Writes the problem lists of the two GEMMs of the expert stage in one launch (lists[i] of
 // sm90_fp8_problem_list_bytes each, 16-byte aligned), zeroes the GEMM workspace, and sets
 // ones[0, ones_count) to 1.0f (the shared weight scales of the per-tensor scheme; null: none).
-void sm90_fp8_write_problem_lists(const ExpertRows& rows, const Sm90Fp8GemmOperands* gemms,
-                                  void* const* lists, void* workspace, size_t workspace_bytes,
-                                  float* ones, int64_t ones_count, cudaStream_t stream);
+// The lists are written for, and only valid with, one tile shape (sm90_shape.h).
+void sm90_fp8_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
+                                  const Sm90Fp8GemmOperands* gemms, void* const* lists,
+                                  void* workspace, size_t workspace_bytes, float* ones,
+                                  int64_t ones_count, cudaStream_t stream);
 
 // Runs one grouped GEMM from a problem list written above; GEMMs on one stream may share the
 // workspace (sm90_fp8_workspace_bytes(sm_count), 64-byte aligned). out_dtype: the d_dtype the
 // list was written with.
-void sm90_fp8_grouped_gemm(int64_t num_experts, const void* list, DType out_dtype, void* workspace,
-                           int device_index, int sm_count, cudaStream_t stream);
+void sm90_fp8_grouped_gemm(Sm90Shape shape, int64_t num_experts, const void* list, DType out_dtype,
+                           void* workspace, int device_index, int sm_count, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm

@@ -16,6 +16,8 @@
 // A 1x1 cluster, as for the bf16 GEMM (a larger cluster rounds each expert's M tiles up).
 //
 // Included by exactly one translation unit per output type (each a heavy instantiation).
+#include <type_traits>
+
 #include "core/check.h"
 #include "cuda/gemm/grouped_gemm_sm90_fp8_list.cuh"
 #include "cutlass/cutlass.h"
@@ -32,28 +34,40 @@ namespace ironmoe::cuda::gemm::sm90_fp8 {
 
 inline constexpr int kScaleBlock = 128;
 
-template <class ElementD>
+// kFewRows (sm90_shape.h): the weights are A (128 x 128 block scales, K-major: DeepSeek's
+// [NB, KB] layout) and the rows B (a scale per row and K block, rows contiguous in each K block:
+// the same memory as the wide tile's M-major row scales), in 128 x 32 x 128 tiles; one weight
+// scale per tile and K block, as above.
+template <class ElementD, bool kFewRows = false>
 struct Sm90Fp8Gemm {
   using Accumulator = float;
   static constexpr int kAlignmentAB = 16;  // E4M3 per 16 bytes (TMA)
   static constexpr int kAlignmentD = 16 / static_cast<int>(sizeof(ElementD));
 
-  using TileShape = cute::Shape<cute::_128, cute::_128, cute::_128>;
+  using TileShape = std::conditional_t<kFewRows, cute::Shape<cute::_128, cute::_32, cute::_128>,
+                                       cute::Shape<cute::_128, cute::_128, cute::_128>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using KernelSchedule =
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 
-  using ScaleConfig =
+  using ScaleConfig = std::conditional_t<
+      kFewRows,
+      cutlass::detail::Sm90BlockwiseScaleConfig<kScaleBlock, 1, kScaleBlock, cute::GMMA::Major::K,
+                                                cute::GMMA::Major::MN>,
       cutlass::detail::Sm90BlockwiseScaleConfig<1, kScaleBlock, kScaleBlock, cute::GMMA::Major::MN,
-                                                cute::GMMA::Major::K>;
+                                                cute::GMMA::Major::K>>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
 
   using ProblemShape = cutlass::gemm::GroupProblemShape<Shape>;
-  using LayoutA = cutlass::layout::RowMajor;     // permuted rows [M, K]
-  using LayoutB = cutlass::layout::ColumnMajor;  // a weight matrix stored [N, K]: K-major B
-  using LayoutD = cutlass::layout::RowMajor;     // [M, N]
+  // Both operands K-major: A [M, K] (the rows, or few_rows' weights), B [N, K] (the weights, or
+  // few_rows' rows); d row-major [R, N] either way, few_rows' column-major N x rows result.
+  using LayoutA = cutlass::layout::RowMajor;
+  using LayoutB = cutlass::layout::ColumnMajor;
+  using LayoutD =
+      std::conditional_t<kFewRows, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+  using StrideD = std::conditional_t<kFewRows, ColumnStride, Stride>;
 
   // D = acc (the scales are applied in the main loop), rounded once to ElementD; no C operand.
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -78,7 +92,7 @@ struct Sm90Fp8Gemm {
   static_assert(std::is_same_v<typename ProblemShape::UnderlyingProblemShape, Shape>);
   static_assert(std::is_same_v<typename GemmKernel::InternalStrideA, Stride>);
   static_assert(std::is_same_v<typename GemmKernel::InternalStrideB, Stride>);
-  static_assert(std::is_same_v<typename GemmKernel::InternalStrideD, Stride>);
+  static_assert(std::is_same_v<typename GemmKernel::InternalStrideD, StrideD>);
 
   static typename Gemm::Arguments arguments(int64_t num_experts, const ListArrays& arrays,
                                             int device_index, int sm_count) {
@@ -91,11 +105,19 @@ struct Sm90Fp8Gemm {
         {static_cast<int>(num_experts), arrays.shapes, nullptr},
         {arrays.a_pointers, arrays.a_strides, arrays.b_pointers, arrays.b_strides,
          arrays.a_scale_pointers, nullptr, arrays.b_scale_pointers, nullptr},
-        {{}, nullptr, nullptr, reinterpret_cast<ElementD**>(arrays.d_pointers), arrays.d_strides},
+        {{}, nullptr, nullptr, reinterpret_cast<ElementD**>(arrays.d_pointers), d_strides(arrays)},
         hardware};
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
     return arguments;
+  }
+
+  static StrideD* d_strides(const ListArrays& arrays) {
+    if constexpr (kFewRows) {
+      return arrays.d_column_strides;
+    } else {
+      return arrays.d_strides;
+    }
   }
 
   static size_t workspace_bytes(int sm_count) {
