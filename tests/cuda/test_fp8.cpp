@@ -705,17 +705,17 @@ TEST_F(Fp8Sizes, WidthsOffTheEightColumnGrid) {
       stream());
 }
 
-// The sizes around 8192 tokens on the Hopper FP8 GEMM (H and I multiples of 16, which it needs;
+// A layer of up to 8193 tokens on the Hopper FP8 GEMM (H and I multiples of 16, which it needs;
 // GEMM2 has two K blocks).
+MoeConfig grouped_gemm_config_to_8193(QuantScheme quant) {
+  MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 208);
+  config.expert_kernel = ExpertKernel::grouped_gemm;
+  return config;
+}
+
+// The sizes around 8192 tokens on the Hopper FP8 GEMM.
 TEST_F(Fp8Sizes, AroundEightThousandTokensOnTheGroupedGemm) {
-  run_every_scheme(
-      {8191, 8192, 8193},
-      [](QuantScheme quant) {
-        MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 208);
-        config.expert_kernel = ExpertKernel::grouped_gemm;
-        return config;
-      },
-      stream());
+  run_every_scheme({8191, 8192, 8193}, grouped_gemm_config_to_8193, stream());
 }
 
 // The few_rows tile shape of the Hopper FP8 GEMM (gemm/sm90_shape.h; IRONMOE_SM90_FP8_SHAPE=
@@ -738,14 +738,7 @@ TEST_F(Fp8FewRows, ExpertsStageAloneEqualsTheCpuStage) {
 }
 
 TEST_F(Fp8FewRows, AroundEightThousandTokensOnTheGroupedGemm) {
-  run_every_scheme(
-      {8191, 8192, 8193},
-      [](QuantScheme quant) {
-        MoeConfig config = fp8_config(quant, DType::bf16, 8193, 144, 208);
-        config.expert_kernel = ExpertKernel::grouped_gemm;
-        return config;
-      },
-      stream());
+  run_every_scheme({8191, 8192, 8193}, grouped_gemm_config_to_8193, stream());
 }
 
 }  // namespace
