@@ -25,14 +25,13 @@
 #include <cuda_bf16.h>
 
 #include <climits>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "core/check.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm/expert_rows.cuh"
 #include "cuda/gemm/grouped_gemm_sm90.h"
+#include "cuda/gemm/sm90_shape.h"
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -199,21 +198,8 @@ struct Sm90Bf16Gemm {
         hardware};
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
-    // IRONMOE_SM90_FEW_ROWS_RASTER=along_n (an experiment, not yet measured): few_rows' tiles
-    // step along the expert's row tiles first, so an expert with more than one row tile has them
-    // computed side by side and each weight tile read from memory once; the grouped scheduler's
-    // default, along M, walks all of the expert's weight tiles before its next row tile. wide
-    // keeps along M, which already puts an expert's row tiles next to each other. The order of
-    // the tiles changes no result.
-    if constexpr (kFewRows) {
-      static const bool along_n = [] {
-        const char* raster = std::getenv("IRONMOE_SM90_FEW_ROWS_RASTER");
-        return raster != nullptr && std::strcmp(raster, "along_n") == 0;
-      }();
-      if (along_n) {
-        arguments.scheduler.raster_order =
-            cutlass::gemm::kernel::detail::RasterOrderOptions::AlongN;
-      }
+    if (kFewRows && sm90_few_rows_along_n()) {  // sm90_shape.h
+      arguments.scheduler.raster_order = cutlass::gemm::kernel::detail::RasterOrderOptions::AlongN;
     }
     return arguments;
   }

@@ -20,6 +20,7 @@
 
 #include "core/check.h"
 #include "cuda/gemm/grouped_gemm_sm90_fp8_list.cuh"
+#include "cuda/gemm/sm90_shape.h"
 #include "cutlass/cutlass.h"
 #include "cutlass/detail/blockwise_scale_layout.hpp"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -109,6 +110,9 @@ struct Sm90Fp8Gemm {
         hardware};
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
+    if (kFewRows && sm90_few_rows_along_n()) {  // sm90_shape.h
+      arguments.scheduler.raster_order = cutlass::gemm::kernel::detail::RasterOrderOptions::AlongN;
+    }
     return arguments;
   }
 

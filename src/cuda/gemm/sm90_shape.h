@@ -7,9 +7,25 @@
 //             experts with a handful of rows each, whose 128-row tiles would be mostly empty. d is
 //             the same row-major [R, N] buffer, written as the column-major N x rows result.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace ironmoe::cuda::gemm {
 
 enum class Sm90Shape : uint8_t { wide, few_rows };
+
+// IRONMOE_SM90_FEW_ROWS_RASTER=along_n (an experiment, not yet measured): few_rows' tiles step
+// along the expert's row tiles first, so an expert with more than one row tile has them computed
+// side by side and each weight tile read from memory once; the grouped tile scheduler's default,
+// along M, walks all of the expert's weight tiles before its next row tile. wide keeps along M,
+// which already puts an expert's row tiles next to each other. The order of the tiles changes no
+// result.
+inline bool sm90_few_rows_along_n() {
+  static const bool along_n = [] {
+    const char* raster = std::getenv("IRONMOE_SM90_FEW_ROWS_RASTER");
+    return raster != nullptr && std::strcmp(raster, "along_n") == 0;
+  }();
+  return along_n;
+}
 
 }  // namespace ironmoe::cuda::gemm
