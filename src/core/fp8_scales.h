@@ -23,11 +23,12 @@ struct Fp8ScaleMap {
   int64_t row_stride = 0;
   int64_t k_group = 0;
 
+  // The scales of `row`: element k / k_group (0 without K blocks) is the scale of column k.
+  IRONMOE_HD const float* row_base(int64_t row) const {
+    return data + (row_group != 0 ? row / row_group * row_stride : 0);
+  }
   IRONMOE_HD float at(int64_t row, int64_t k) const {
-    int64_t index = 0;
-    if (row_group != 0) index += row / row_group * row_stride;
-    if (k_group != 0) index += k / k_group;
-    return data[index];
+    return row_base(row)[k_group != 0 ? k / k_group : 0];
   }
 };
 

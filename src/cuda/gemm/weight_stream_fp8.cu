@@ -52,15 +52,23 @@ struct WeightRuns {
   bool per_block;  // scales along K in 128-code blocks (fp8_block)
 };
 
+// The runs over one matrix whose scales `map` describes, before set_run places each run.
+template <int kRuns, int kPerRun>
+__device__ __forceinline__ WeightRuns<kRuns, kPerRun> weight_runs(const core::Fp8ScaleMap& map) {
+  WeightRuns<kRuns, kPerRun> runs;
+  runs.scale_row_step = map.row_group == 1 ? static_cast<int>(map.row_stride) : 0;
+  runs.per_block = map.k_group != 0;
+  return runs;
+}
+
+// Run q starts at the matrix's row `row` (K codes a row).
 template <int kRuns, int kPerRun>
 __device__ __forceinline__ void set_run(WeightRuns<kRuns, kPerRun>& runs, int q,
                                         const uint8_t* matrix, const core::Fp8ScaleMap& map,
                                         int64_t row, int64_t k) {
   static_assert(core::kFp8Block % kPerRun == 0, "a run never straddles a scale block");
   runs.first[q] = matrix + row * k;
-  runs.scales[q] = map.data + (map.row_group != 0 ? row / map.row_group * map.row_stride : 0);
-  runs.scale_row_step = map.row_group == 1 ? static_cast<int>(map.row_stride) : 0;
-  runs.per_block = map.k_group != 0;
+  runs.scales[q] = map.row_base(row);
 }
 
 // The activation rows of one pass over an expert's rows (from `pass`, at most kRowsPerPass; past
@@ -76,8 +84,7 @@ __device__ __forceinline__ int pass_rows(const Fp8GemmArgs& p, const RowRange& r
   for (int r = 0; r < kRowsPerPass; ++r) {
     const int64_t row = range.begin + pass + min(r, rows_here - 1);
     a[r] = p.a + row * p.k;
-    as[r] = p.a_scales.data +
-            (p.a_scales.row_group != 0 ? row / p.a_scales.row_group * p.a_scales.row_stride : 0);
+    as[r] = p.a_scales.row_base(row);
   }
   return rows_here;
 }
@@ -160,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   const core::Fp8ScaleMap map =
       core::fp8_weight_scale_map(p.quant, p.w_scales, expert, 2 * p.n, p.k);
   const uint8_t* matrix = p.w + expert * 2 * p.n * p.k;
-  WeightRuns<2, kGateUpColumnsFp8> w;  // run 0: the gate rows, run 1: the up rows
+  auto w = weight_runs<2, kGateUpColumnsFp8>(map);  // run 0: the gate rows, run 1: the up rows
   set_run(w, 0, matrix, map, first, p.k);
   set_run(w, 1, matrix, map, first + p.n, p.k);
   const bool a_per_block = p.a_scales.k_group != 0;
@@ -197,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   if (!warp_task<kDownColumnsFp8>(rows, p.n, active, &expert, &range, &first)) return;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const core::Fp8ScaleMap map = core::fp8_weight_scale_map(p.quant, p.w_scales, expert, p.n, p.k);
-  WeightRuns<1, kDownColumnsFp8> w;
+  auto w = weight_runs<1, kDownColumnsFp8>(map);
   set_run(w, 0, p.w + expert * p.n * p.k, map, first, p.k);
   const bool a_per_block = p.a_scales.k_group != 0;
   auto* out = static_cast<T*>(p.out);
