@@ -84,6 +84,14 @@ bool groups_in_registers(const RouteParams& p) {
 // (E <= 128) from 5.1 / 4.4 to 4.5 / 3.8 us (1009 -> 765 instructions) but
 // route_topk_kernel<float, 16> (E = 512) from 8.0 / 7.5 to 9.5 / 8.5 us, more cycles with fewer
 // instructions. The float sum is a butterfly in both (its order sets the weights' bits).
+// Merges the two largest values of two sets, (best, second) and (other_best, other_second), into
+// (best, second).
+__device__ __forceinline__ void merge_top_two(unsigned& best, unsigned& second, unsigned other_best,
+                                              unsigned other_second) {
+  second = ::max(::min(best, other_best), ::max(second, other_second));
+  best = ::max(best, other_best);
+}
+
 template <bool kRedux>
 struct WarpReduce;
 
@@ -137,8 +145,7 @@ struct WarpReduce<false> {
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
       const unsigned other_best = __shfl_xor_sync(kFullMask, best, offset);
       const unsigned other_second = __shfl_xor_sync(kFullMask, second, offset);
-      second = ::max(::min(best, other_best), ::max(second, other_second));
-      best = ::max(best, other_best);
+      merge_top_two(best, second, other_best, other_second);
     }
   }
   __device__ static float max(float v) {
@@ -330,8 +337,7 @@ __device__ void drop_unkept_groups(const RouteParams& p, float (&key)[N], int (&
       best = slot_best;
       second = slot_second;
     } else {
-      second = max(min(best, slot_best), max(second, slot_second));
-      best = max(best, slot_best);
+      merge_top_two(best, second, slot_best, slot_second);
     }
     score[i] = core::group_score(core::rank_key_from_bits(best), core::rank_key_from_bits(second),
                                  group_size);
