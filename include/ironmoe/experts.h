@@ -34,6 +34,12 @@ struct GatheredInput {
   TensorView x;            // [T, H], permuted_in's dtype and device, unit column stride
   TensorView row_to_slot;  // [R] i32, the plan's permuted row -> slot
   int64_t top_k = 0;       // slots per token, in [1, kMaxTopK]
+
+  // In use when either tensor is given (experts() then checks all three); x may hold no token
+  // and no data.
+  bool given() const {
+    return x.data != nullptr || x.ndim > 0 || row_to_slot.data != nullptr || row_to_slot.ndim > 0;
+  }
 };
 
 struct ExpertArgs {

@@ -64,7 +64,7 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   const DType dtype = args.permuted_in.dtype;
   api::check_float_dtype(where, "permuted_in", dtype, device);
   check_tensor(where, "permuted_in", args.permuted_in, {dtype, {-1, -1}}, device);
-  const bool gathered = api::present(args.gathered.x) || api::present(args.gathered.row_to_slot);
+  const bool gathered = args.gathered.given();
   const int64_t rows = args.permuted_in.size(0);
   const int64_t hidden = args.permuted_in.size(1);
   IRONMOE_CHECK(rows <= api::kMaxIndex, where, "permuted_in: expected at most ", api::kMaxIndex,

@@ -129,7 +129,7 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
   if (args.phase != ExpertPhase::down) {
     // 1. GEMM1 input, from permuted_in or straight from the tokens.
     const GatheredInput& gathered = args.gathered;
-    if (gathered.x.data != nullptr) {
+    if (gathered.given()) {
       const auto* tokens = static_cast<const Storage*>(gathered.x.data);
       const int64_t slots = gathered.x.size(0) * gathered.top_k;
       const auto* row_to_slot = gathered.row_to_slot.ptr<const int32_t>();

@@ -139,7 +139,7 @@ const float* quantize_input(const gemm::ExpertRows& rows, const Fp8RowSource& so
 Fp8RowSource gemm1_input(const ExpertArgs& args) {
   const int64_t hidden = args.permuted_in.size(1);
   const GatheredInput& gathered = args.gathered;
-  if (gathered.x.data == nullptr) {
+  if (!gathered.given()) {
     return {args.permuted_in.data, args.permuted_in.dtype, args.permuted_in.strides[0], hidden};
   }
   Fp8RowSource source{gathered.x.data, gathered.x.dtype, gathered.x.strides[0], hidden};

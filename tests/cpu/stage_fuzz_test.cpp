@@ -11,8 +11,10 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "reference_fp8.h"
 #include "test_util.h"
 
 namespace ironmoe::test {
@@ -202,6 +204,86 @@ TEST(StageFuzz, ExpertsRefuseBadRangesOrWriteExactlyTheirRows) {
   }
   EXPECT_GT(refused, 0);
   EXPECT_GT(computed, 0);
+}
+
+// FP8 experts reading their input rows through a hostile row_to_slot (ExpertArgs::gathered):
+// every scheme gives the bytes of the same stage over the rows gathered beforehand, a row whose
+// entry is not a slot of x (-1, INT_MIN, INT_MAX, just past the end) reading zeros, whatever the
+// token count (0 included) and the sizes.
+TEST(StageFuzz, Fp8ExpertsGatherExactlyTheRowsWithASlot) {
+  Rng rng = Rng::for_current_test();
+  ThreadPool pool(2);
+  constexpr QuantScheme kSchemes[] = {QuantScheme::fp8_tensor, QuantScheme::fp8_channel,
+                                      QuantScheme::fp8_block};
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    MoeConfig c;
+    c.num_experts = rng.integer(1, 5);
+    c.hidden = rng.integer(1, 40);
+    c.intermediate = rng.integer(1, 24);
+    c.top_k = rng.integer(1, 6);
+    c.quant = kSchemes[rng.integer(0, 2)];
+    const DType dtype = rng.chance(0.5) ? DType::f32 : DType::bf16;
+    const int64_t tokens = rng.integer(0, 20);
+    const int64_t rows = rng.integer(0, 60);
+    const int64_t local = c.num_experts;
+    // Ranges that stay apart (the experts stage's own contract), covering some of the rows.
+    std::vector<int32_t> offsets(static_cast<size_t>(local)), counts(static_cast<size_t>(local));
+    int32_t next = 0;
+    for (int64_t e = 0; e < local; ++e) {
+      const int32_t first = next + static_cast<int32_t>(rng.integer(0, 2));
+      const int32_t count = static_cast<int32_t>(rng.integer(0, 12));
+      const bool fits = first + count <= rows;
+      offsets[static_cast<size_t>(e)] = fits ? first : 0;
+      counts[static_cast<size_t>(e)] = fits ? count : 0;
+      if (fits) next = first + count;
+    }
+    std::vector<int32_t> row_to_slot(static_cast<size_t>(rows));
+    for (int32_t& slot : row_to_slot) slot = hostile_index(rng, tokens * c.top_k);
+    const std::vector<float> x = rng.nonzero_vector(tokens * c.hidden, 2.0f);
+    std::vector<float> gathered(static_cast<size_t>(rows * c.hidden), 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t slot = row_to_slot[static_cast<size_t>(r)];
+      if (slot < 0 || slot >= tokens * c.top_k) continue;
+      std::copy_n(x.begin() + slot / c.top_k * c.hidden, c.hidden, gathered.begin() + r * c.hidden);
+    }
+    const Buffer tokens_buffer = Buffer::from(dtype, x);
+    const Buffer permuted = Buffer::from(dtype, gathered);
+    const std::vector<float> w13 = rng.nonzero_vector(local * 2 * c.intermediate * c.hidden, 0.3f);
+    const std::vector<float> w2 = rng.nonzero_vector(local * c.hidden * c.intermediate, 0.3f);
+    const reference::Fp8Weights quantized = reference::quantize_weights(
+        reference_scheme(c.quant), local, c.hidden, c.intermediate, w13.data(), w2.data());
+    const Weights w = fp8_weight_views(c, quantized, {});
+    const size_t scratch_bytes =
+        expert_scratch_bytes(rows, c.hidden, c.intermediate, local, dtype, Device::cpu(), c.quant);
+    AlignedBuffer scratch(scratch_bytes);
+    ExpertArgs args;
+    args.permuted_in = TensorView::contiguous(permuted.data(), dtype, {rows, c.hidden});
+    args.expert_offsets = TensorView::contiguous(offsets.data(), DType::i32, {local});
+    args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {local});
+    args.w13 = w.w13;
+    args.w2 = w.w2;
+    args.quant = c.quant;
+    args.w13_scale = w.w13_scale;
+    args.w2_scale = w.w2_scale;
+    args.scratch = scratch.data();
+    args.scratch_bytes = scratch_bytes;
+    const auto run = [&](const ExpertArgs& call) {
+      Buffer out = Buffer::poisoned(dtype, rows * c.hidden);
+      ExpertArgs with_out = call;
+      with_out.permuted_out = TensorView::contiguous(out.data(), dtype, {rows, c.hidden});
+      experts(with_out, Stream::cpu(&pool));
+      return out.bytes();
+    };
+    const std::vector<uint8_t> from_permuted = run(args);
+    const Buffer poisoned_in = Buffer::poisoned(dtype, rows * c.hidden);
+    args.permuted_in = TensorView::contiguous(poisoned_in.data(), dtype, {rows, c.hidden});
+    args.gathered.x = TensorView::contiguous(tokens_buffer.data(), dtype, {tokens, c.hidden});
+    args.gathered.row_to_slot = TensorView::contiguous(row_to_slot.data(), DType::i32, {rows});
+    args.gathered.top_k = c.top_k;
+    ASSERT_TRUE(run(args) == from_permuted)
+        << quant_scheme_name(c.quant) << ": the gathered input changed the stage's bytes";
+  }
 }
 
 }  // namespace
