@@ -249,6 +249,17 @@ TEST(StageValidation, GatherExpertsAndCombineNameTheBadArgument) {
       {"intermediate shape",
        [](ExpertArgs& a, RoutingConfig&) { a.intermediate.shape[1] += 1; },
        {"intermediate"}},
+      // Only FP8 experts may go without it (they keep h in their scratch).
+      {"no intermediate",
+       [](ExpertArgs& a, RoutingConfig&) { a.intermediate = {}; },
+       {"intermediate"}},
+      {"gathered input for unquantised experts",
+       [](ExpertArgs& a, RoutingConfig&) {
+         a.gathered.x = a.permuted_in;
+         a.gathered.row_to_slot = a.expert_counts;
+         a.gathered.top_k = 1;
+       },
+       {"gathered"}},
       {"permuted_out dtype",
        [](ExpertArgs& a, RoutingConfig&) { a.permuted_out.dtype = DType::bf16; },
        {"permuted_out"}},
