@@ -187,8 +187,8 @@ LayerStages Layer::stages(const Inputs& inputs, const Weights& weights, const Ou
   ExpertArgs& expert_args = result.experts;
   expert_args.permuted_in = gather_args.permuted;
   if (c.quant != QuantScheme::none) {
-    // The gather fused into GEMM1's input quantisation (DESIGN section 6); permuted_in names
-    // permuted_out's bytes (core::workspace_layout) and is not read.
+    // The gather fused into GEMM1's input quantisation (DESIGN section 6); permuted_in (the
+    // bytes of permuted_out, core::workspace_layout) is not read.
     result.has_gather = false;
     expert_args.gathered = {inputs.x, plan_args.row_to_slot, top_k};
   }

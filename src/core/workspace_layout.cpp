@@ -45,15 +45,15 @@ WorkspaceLayout workspace_layout(const MoeConfig& config, Device device) {
   layout.expert_offsets = carver.take(bytes_of(local_experts + 1, DType::i32));
   layout.slot_to_row = carver.take(bytes_of(slots, DType::i32));
   layout.row_to_slot = carver.take(bytes_of(rows, DType::i32));
-  // FP8 experts quantise GEMM1's input rows straight from x (ExpertArgs::gathered) and keep h in
-  // their scratch, so the layer keeps neither a permuted copy of x nor an h buffer; permuted_in
-  // then names permuted_out's bytes, never read.
+  // The experts stage runs in place (GEMM1 reads every input row before GEMM2 writes), so
+  // permuted_in and permuted_out share their bytes. FP8 experts quantise GEMM1's input rows
+  // straight from x (ExpertArgs::gathered) and keep h in their scratch, so an FP8 layer's
+  // permuted_in is never written or read, and it has no h buffer.
   const bool fp8 = config.quant != QuantScheme::none;
-  layout.permuted_in = carver.take(fp8 ? size_t{0} : bytes_of(rows * config.hidden, config.dtype));
   layout.intermediate =
       carver.take(fp8 ? size_t{0} : bytes_of(rows * config.intermediate, config.dtype));
   layout.permuted_out = carver.take(bytes_of(rows * config.hidden, config.dtype));
-  if (fp8) layout.permuted_in = layout.permuted_out;
+  layout.permuted_in = layout.permuted_out;
   layout.input_scale =
       carver.take(config.quant == QuantScheme::fp8_tensor ? sizeof(float) : size_t{0});
   layout.plan_scratch_bytes =

@@ -19,7 +19,7 @@ struct WorkspaceLayout {
   size_t expert_offsets = 0;  // i32 [E_local + 1]
   size_t slot_to_row = 0;     // i32 [max_tokens, k]
   size_t row_to_slot = 0;     // i32 [R]
-  size_t permuted_in = 0;     // dtype [R, H]; FP8: permuted_out's bytes (x is quantised in place)
+  size_t permuted_in = 0;     // dtype [R, H], permuted_out's bytes (the experts run in place)
   size_t intermediate = 0;    // dtype [R, I]; FP8: none (h lives in the expert scratch)
   size_t permuted_out = 0;    // dtype [R, H]
   size_t input_scale = 0;     // f32 [1], fp8_tensor's dynamic GEMM1 input scale

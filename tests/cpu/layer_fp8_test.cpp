@@ -494,11 +494,11 @@ TEST(LayerFp8Stage, GatheredInputGivesTheBytesOfThePermutedRowsAndChecksItsArgum
   }
 }
 
-// An FP8 layer's workspace holds neither a permuted bf16 copy of x (the experts quantise x through
-// the plan) nor an h buffer (h lives in the expert scratch, fp32 then E4M3): against the same
-// layer without quantisation, less those two buffers, only the expert scratch and the 256-byte
+// A layer's workspace holds one permuted buffer (the experts stage runs in place), and an FP8
+// layer's no h buffer either (h lives in the expert scratch, fp32 then E4M3): against the same
+// layer without quantisation, less its h buffer, only the expert scratch and the 256-byte
 // alignment of each buffer differ.
-TEST(LayerFp8Workspace, HoldsNoPermutedCopyOfXAndNoHBuffer) {
+TEST(LayerFp8Workspace, HoldsOnePermutedBufferAndNoHBuffer) {
   for (DType dtype : {DType::bf16, DType::f32}) {
     for (QuantScheme quant :
          {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
@@ -510,11 +510,12 @@ TEST(LayerFp8Workspace, HoldsNoPermutedCopyOfXAndNoHBuffer) {
       const core::WorkspaceLayout without = core::workspace_layout(plain, Device::cpu());
       const auto rows = static_cast<size_t>(fp8.permuted_rows(fp8.max_tokens));
       const size_t element = dtype_size(dtype);
-      const size_t dropped = rows * static_cast<size_t>(fp8.hidden + fp8.intermediate) * element;
+      const size_t dropped = rows * static_cast<size_t>(fp8.intermediate) * element;
       const size_t fp8_only = with.expert_scratch_bytes - without.expert_scratch_bytes +
                               sizeof(float);  // + fp8_tensor's dynamic input scale
       EXPECT_LE(with.total_bytes, without.total_bytes - dropped + fp8_only + 4 * 256);
       EXPECT_EQ(with.permuted_in, with.permuted_out);
+      EXPECT_EQ(without.permuted_in, without.permuted_out);
       EXPECT_EQ(workspace_bytes(fp8, Device::cpu()), with.total_bytes);
     }
   }
