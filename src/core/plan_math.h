@@ -18,6 +18,13 @@ IRONMOE_HD int64_t slot_index(int64_t token, int64_t choice, int64_t top_k) {
 }
 IRONMOE_HD int64_t slot_token(int64_t slot, int64_t top_k) { return slot / top_k; }
 
+// The token whose row a permuted row holds, from its row_to_slot entry: -1 when the entry is not
+// one of the batch's `slots` = T * top_k (the plan writes -1 in unused rows; nothing else that an
+// engine hands over is trusted either).
+IRONMOE_HD int64_t row_token(int64_t slot, int64_t slots, int64_t top_k) {
+  return slot >= 0 && slot < slots ? slot_token(slot, top_k) : -1;
+}
+
 // Local expert index of id, or -1 when the slot is not computed on this rank.
 IRONMOE_HD int32_t local_expert_of(int32_t id, int64_t expert_begin, int64_t expert_end) {
   return (id >= expert_begin && id < expert_end) ? static_cast<int32_t>(id - expert_begin) : -1;

@@ -17,6 +17,7 @@
 #include "core/fp8.h"
 #include "core/fp8_scales.h"
 #include "core/fp8_scratch.h"
+#include "core/plan_math.h"
 #include "cpu/parallel.h"
 #include "cpu/quantize.h"
 
@@ -136,9 +137,9 @@ void run_fp8(const ExpertArgs& args, const Problem& problem, ThreadPool* threads
       quantize_rows(
           quant, problem, hidden, args.w13_input_scale,
           [&](int64_t r, int64_t c) {
-            const int32_t slot = row_to_slot[r];
-            if (slot < 0 || slot >= slots) return 0.0f;  // not a slot of x: a row of zeros
-            return load(tokens + (slot / gathered.top_k) * gathered.x.strides[0], c);
+            const int64_t token = core::row_token(row_to_slot[r], slots, gathered.top_k);
+            if (token < 0) return 0.0f;  // not a slot of x: a row of zeros
+            return load(tokens + token * gathered.x.strides[0], c);
           },
           a_codes, a_scales, &tensor_scales[0], threads);
     } else {

@@ -22,10 +22,8 @@ void gather(const GatherArgs& args, ThreadPool* threads) {
 
   parallel_for(threads, rows, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t slot = row_to_slot[r];
-      // Anything but a slot of this batch marks an unused row (the plan writes -1 there).
-      if (slot < 0 || slot >= slots) continue;
-      const int64_t token = core::slot_token(slot, args.top_k);
+      const int64_t token = core::row_token(row_to_slot[r], slots, args.top_k);
+      if (token < 0) continue;
       std::memcpy(permuted + static_cast<size_t>(r) * row_bytes,
                   x + static_cast<size_t>(token) * x_stride, row_bytes);
     }

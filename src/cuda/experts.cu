@@ -21,7 +21,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 
 #include "core/check.h"
 #include "cuda/cuda_backend.h"
@@ -79,15 +78,8 @@ bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
 // The Hopper GEMMs' tile shape (gemm::sm90_bf16_shape_for), unless IRONMOE_SM90_BF16_SHAPE is
 // wide or few_rows (for A/B measurements of the choice).
 gemm::Sm90Shape sm90_shape(int64_t rows_total, int64_t local_experts) {
-  static const int forced = [] {
-    const char* shape = std::getenv("IRONMOE_SM90_BF16_SHAPE");
-    if (shape == nullptr) return -1;
-    if (std::strcmp(shape, "wide") == 0) return static_cast<int>(gemm::Sm90Shape::wide);
-    if (std::strcmp(shape, "few_rows") == 0) return static_cast<int>(gemm::Sm90Shape::few_rows);
-    return -1;
-  }();
-  if (forced >= 0) return static_cast<gemm::Sm90Shape>(forced);
-  return gemm::sm90_bf16_shape_for(rows_total, local_experts);
+  static const char* const forced = std::getenv("IRONMOE_SM90_BF16_SHAPE");
+  return gemm::sm90_shape_named(forced, gemm::sm90_bf16_shape_for(rows_total, local_experts));
 }
 
 constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";

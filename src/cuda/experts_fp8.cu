@@ -19,7 +19,6 @@
 // nothing syncs with the host.
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 
 #include "core/check.h"
 #include "core/fp8_scales.h"
@@ -193,9 +192,7 @@ gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers
 // The Hopper FP8 GEMMs' tile shape (gemm/sm90_shape.h): wide, unless IRONMOE_SM90_FP8_SHAPE is
 // few_rows (an experiment not yet measured; read at every call, so a test can switch it).
 gemm::Sm90Shape fp8_sm90_shape() {
-  const char* shape = std::getenv("IRONMOE_SM90_FP8_SHAPE");
-  return shape != nullptr && std::strcmp(shape, "few_rows") == 0 ? gemm::Sm90Shape::few_rows
-                                                                 : gemm::Sm90Shape::wide;
+  return gemm::sm90_shape_named(std::getenv("IRONMOE_SM90_FP8_SHAPE"), gemm::Sm90Shape::wide);
 }
 
 void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scratch,

@@ -5,6 +5,7 @@
 // scale in the streaming GEMMs' row-major layout and/or the Hopper GEMM's grouped layout.
 #include <cstdint>
 
+#include "core/plan_math.h"
 #include "cuda/gemm/expert_rows.cuh"
 #include "cuda/gemm/gated_activation.cuh"
 #include "cuda/gemm/grouped_gemm_sm90_fp8.h"
@@ -54,8 +55,8 @@ struct GatheredRows {
   int64_t top_k;
   int64_t slots;
   __device__ const T* row(int64_t r) const {
-    const int32_t slot = row_to_slot[r];
-    return slot >= 0 && slot < slots ? data + (slot / top_k) * stride : nullptr;
+    const int64_t token = core::row_token(row_to_slot[r], slots, top_k);
+    return token >= 0 ? data + token * stride : nullptr;
   }
   __device__ float operator()(int64_t, int64_t r, int64_t c) const {
     const T* p = row(r);

@@ -36,9 +36,8 @@ __global__ void __launch_bounds__(kGatherThreads) gather_rows_kernel(GatherParam
   const int64_t row = blockIdx.x;
   const int64_t i = static_cast<int64_t>(blockIdx.y) * kGatherThreads + threadIdx.x;
   if (i >= p.row_accesses) return;
-  const int32_t slot = p.row_to_slot[row];
-  if (slot < 0 || slot >= p.slots) return;
-  const int64_t token = core::slot_token(slot, p.top_k);
+  const int64_t token = core::row_token(p.row_to_slot[row], p.slots, p.top_k);
+  if (token < 0) return;
   const auto* src = reinterpret_cast<const Access*>(p.x + token * p.x_row_bytes);
   auto* dst = reinterpret_cast<Access*>(p.permuted + row * p.row_bytes);
   dst[i] = src[i];

@@ -14,6 +14,15 @@ namespace ironmoe::cuda::gemm {
 
 enum class Sm90Shape : uint8_t { wide, few_rows };
 
+// The shape called `name` ("wide" or "few_rows"), else `otherwise` (null included): how the
+// A/B switches IRONMOE_SM90_BF16_SHAPE and IRONMOE_SM90_FP8_SHAPE are read.
+inline Sm90Shape sm90_shape_named(const char* name, Sm90Shape otherwise) {
+  if (name == nullptr) return otherwise;
+  if (std::strcmp(name, "wide") == 0) return Sm90Shape::wide;
+  if (std::strcmp(name, "few_rows") == 0) return Sm90Shape::few_rows;
+  return otherwise;
+}
+
 // IRONMOE_SM90_FEW_ROWS_RASTER=along_n (an experiment, not yet measured): few_rows' tiles step
 // along the expert's row tiles first, so an expert with more than one row tile has them computed
 // side by side and each weight tile read from memory once; the grouped tile scheduler's default,
