@@ -668,6 +668,118 @@ TEST_P(Fp8Stage, GatheredInputGivesTheBytesOfThePermutedRows) {
   }
 }
 
+// At decode sizes (at most 32 rows) the streaming GEMMs quantise their input rows themselves as
+// they read them (gemm/weight_stream_fp8.h); above, a quantising kernel writes codes and scales
+// first and the two-row kernels read them. Both must give the same bytes: the first 32 rows of a
+// 41-row call equal a 32-row call over the same rows, for every scheme (fp8_tensor with static
+// scales, so both calls quantise with the same one), bf16 and f32 rows, rows read from permuted_in
+// or gathered from the tokens (one entry not a slot: a row of zeros), a NaN in one token (its
+// rows' outputs NaN alike), H with three K strides of codes and neither H nor I a multiple of 128
+// (short last blocks).
+class Fp8Decode : public CudaTest {};
+
+TEST_F(Fp8Decode, RowsQuantisedInTheGemmGiveTheBytesOfRowsQuantisedFirst) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  constexpr int64_t kDecodeRows = 32;
+  constexpr int64_t kRows = 41;
+  constexpr int64_t kTokens = 20;
+  // Experts 0-4 hold rows 0-31 in both calls; expert 5 holds rows 32-40 in the larger one.
+  const std::vector<int32_t> offsets = {0, 5, 5, 6, 26, 32, 0, 0, 0, 0, 0, 0};
+  const std::vector<int32_t> small_counts = {5, 0, 1, 20, 6, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<int32_t> large_counts = small_counts;
+  large_counts[5] = static_cast<int32_t>(kRows - kDecodeRows);
+  for (QuantScheme quant :
+       {QuantScheme::fp8_tensor, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
+    for (DType dtype : {DType::bf16, DType::f32}) {
+      const Fp8Case c = make_case(fp8_config(quant, dtype, kTokens, 1040, 208), kTokens, rng,
+                                  quant == QuantScheme::fp8_tensor);
+      const MoeConfig& m = c.config;
+      const int64_t experts = m.num_local_experts();
+      const int64_t hidden = m.hidden;
+      const int64_t inter = m.intermediate;
+      const int64_t top_k = m.top_k;
+      const int64_t slots = kTokens * top_k;
+      const size_t element = dtype_size(dtype);
+      std::vector<float> x_values = decode(dtype, c.x);
+      x_values[static_cast<size_t>(4 * hidden + 700)] = std::numeric_limits<float>::quiet_NaN();
+      const std::vector<uint8_t> x_bytes = encode(dtype, x_values);
+      std::uniform_int_distribution<int32_t> any_slot(0, static_cast<int32_t>(slots - 1));
+      std::vector<int32_t> row_to_slot(kRows);
+      for (int32_t& slot : row_to_slot) slot = any_slot(rng);
+      row_to_slot[2] = static_cast<int32_t>(4 * top_k);  // the token with the NaN
+      row_to_slot[3] = static_cast<int32_t>(5 * top_k);
+      row_to_slot[9] = -1;
+      std::vector<uint8_t> permuted(static_cast<size_t>(kRows * hidden) * element, 0);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const int32_t slot = row_to_slot[r];
+        if (slot < 0 || slot >= slots) continue;
+        std::copy_n(x_bytes.begin() + slot / top_k * hidden * element, hidden * element,
+                    permuted.begin() + r * hidden * element);
+      }
+
+      const Device device = Device::cuda(0);
+      const size_t scratch_bytes =
+          expert_scratch_bytes(kRows, hidden, inter, experts, dtype, device, quant);
+      DeviceBuffer<uint8_t> x(x_bytes), in(permuted), w13(c.w.w13), w2(c.w.w2);
+      DeviceBuffer<float> w13_scale(c.w.w13_scale), w2_scale(c.w.w2_scale);
+      DeviceBuffer<float> input_scales(c.static_scales.empty() ? std::vector<float>{0.0f}
+                                                               : c.static_scales);
+      DeviceBuffer<int32_t> offs(offsets), small(small_counts), large(large_counts);
+      DeviceBuffer<int32_t> map(row_to_slot);
+      DeviceBuffer<uint8_t> h(kRows * inter * static_cast<int64_t>(element));
+      DeviceBuffer<uint8_t> out(kRows * hidden * static_cast<int64_t>(element));
+      DeviceBuffer<uint8_t> scratch(static_cast<int64_t>(scratch_bytes));
+      const Weights w =
+          weight_views(c, w13.data(), w2.data(), w13_scale.data(), w2_scale.data(),
+                       c.static_scales.empty() ? nullptr : input_scales.data(), device);
+      const auto run = [&](int64_t rows, const DeviceBuffer<int32_t>& counts, bool gathered) {
+        ExpertArgs args;
+        args.permuted_in = TensorView::contiguous(in.data(), dtype, {rows, hidden}, device);
+        args.expert_offsets = TensorView::contiguous(offs.data(), DType::i32, {experts}, device);
+        args.expert_counts = TensorView::contiguous(counts.data(), DType::i32, {experts}, device);
+        args.w13 = w.w13;
+        args.w2 = w.w2;
+        args.w13_scale = w.w13_scale;
+        args.w2_scale = w.w2_scale;
+        args.w13_input_scale = w.w13_input_scale;
+        args.w2_input_scale = w.w2_input_scale;
+        args.quant = quant;
+        args.kernel = ExpertKernel::weight_stream;
+        args.intermediate = TensorView::contiguous(h.data(), dtype, {rows, inter}, device);
+        args.permuted_out = TensorView::contiguous(out.data(), dtype, {rows, hidden}, device);
+        args.scratch = scratch.data();
+        args.scratch_bytes = scratch_bytes;
+        if (gathered) {
+          args.gathered.x = TensorView::contiguous(x.data(), dtype, {kTokens, hidden}, device);
+          args.gathered.row_to_slot =
+              TensorView::contiguous(map.data(), DType::i32, {rows}, device);
+          args.gathered.top_k = top_k;
+        }
+        scratch.fill_bytes(kPoisonFloatByte);
+        out.fill_bytes(kPoisonFloatByte);
+        ironmoe::experts(args, Stream::cuda(stream()));
+        CUDA_TEST_OK(cudaStreamSynchronize(stream()));
+        std::vector<uint8_t> bytes = out.download();
+        bytes.resize(static_cast<size_t>(kDecodeRows * hidden) * element);
+        return bytes;
+      };
+      for (bool gathered : {false, true}) {
+        SCOPED_TRACE(std::string(quant_scheme_name(quant)) + ", " + dtype_name(dtype) +
+                     (gathered ? ", gathered" : ", permuted_in"));
+        const std::vector<uint8_t> decode_rows = run(kDecodeRows, small, gathered);
+        const std::vector<uint8_t> quantised_first = run(kRows, large, gathered);
+        EXPECT_TRUE(decode_rows == quantised_first)
+            << "the decode kernels' own quantisation changed the stage's bytes";
+        const std::vector<float> values = decode(dtype, decode_rows);
+        EXPECT_TRUE(std::isnan(values[static_cast<size_t>(2 * hidden)])) << "the NaN token's row";
+        EXPECT_FALSE(std::isnan(values[static_cast<size_t>(3 * hidden)])) << "its neighbour";
+      }
+    }
+  }
+}
+
 // Each scheme's layer (bf16) at each of `token_counts` with the config `make_config(quant)`,
 // against the CPU backend.
 template <class MakeConfig>
