@@ -108,14 +108,12 @@ struct ValueRow {
   QuantScheme quant;
   float scale;  // fp8_tensor: the tensor's; fp8_channel: the row's, from prepare()
 
-  // The 16 values at k as stored (two 16-byte words of 16-bit values, four of f32), widened
-  // where used: 16 floats held across the block's amax spilled the kernels at 80 registers.
-  struct Sixteen {
-    uint4 words[kCodes * sizeof(T) / 16];
-    __device__ float operator[](int j) const {
-      return to_float(reinterpret_cast<const T*>(words)[j]);
-    }
-  };
+  __device__ void load16(int k, float (&v)[kCodes]) const {
+    float(&low)[kFp8Chunk] = *reinterpret_cast<float(*)[kFp8Chunk]>(&v[0]);
+    float(&high)[kFp8Chunk] = *reinterpret_cast<float(*)[kFp8Chunk]>(&v[kFp8Chunk]);
+    load_chunk(values + k, low);
+    load_chunk(values + k + kFp8Chunk, high);
+  }
 
   __device__ void prepare(int k_size) {
     if (quant != QuantScheme::fp8_channel) return;
@@ -140,12 +138,8 @@ struct ValueRow {
   }
 
   __device__ void stride(int k, int k_size, uint4& codes_out, float& scale_out) const {
-    Sixteen v{};
-    if (values != nullptr && k < k_size) {
-      const auto* words = reinterpret_cast<const uint4*>(values + k);
-#pragma unroll
-      for (int i = 0; i < static_cast<int>(sizeof(v.words) / 16); ++i) v.words[i] = words[i];
-    }
+    float v[kCodes] = {};
+    if (values != nullptr && k < k_size) load16(k, v);
     scale_out = scale;
     if (quant == QuantScheme::fp8_block) {
       float amax = 0.0f;
