@@ -14,17 +14,20 @@
 // product with the weight-streaming building blocks (gemm/weight_stream.cuh) in the staged
 // kernels' order, and the combine with the same roundings, so the result equals the staged
 // path's with the weight_stream family bit for bit (tests/cuda/test_fused_decode.cpp).
-// The batch, the slots' placement and grouping and the combine are fused_decode.cuh's, shared
-// with the FP8 path (fused_decode_fp8.cu), which try_fused_decode tries first.
+// Slots are placed exactly as the plan places them (core/plan_math.h): valid token, local id;
+// anything else (padding rows, ids out of range or remote, any duplicates) follows the staged
+// path's rules without reading anything out of bounds.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 
 #include "core/plan_math.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
-#include "cuda/fused_decode.cuh"
+#include "cuda/diagnostics.cuh"
 #include "cuda/gemm/weight_stream.cuh"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/launch.cuh"
@@ -34,8 +37,8 @@ namespace ironmoe::cuda {
 namespace {
 
 using namespace gemm::streaming;
-using namespace fused;
 
+constexpr unsigned kFullMask = 0xffffffffu;
 // Output columns of a down block: one weight row each. Two, not the staged kernel's four: an A/B
 // of 1, 2 and 4 columns with 2 or 4 K strides in flight (H100, 2026-11-24) found 2 x 2 the only
 // shape without spills and 0.5-3 us faster at T = 1 (qwen3-30b-a3b 42.0 -> 41.2 us).
@@ -46,11 +49,79 @@ constexpr int kDownColumns = 2;
 constexpr int kDownRowsPerPass = 1;
 // H is a multiple of kVec (weight_stream_supports), so the column blocks tile it exactly.
 static_assert(kVec % kDownColumns == 0);
+static_assert(kFusedDecodeMaxSlots <= 32, "one lane of warp 0 per slot");
 
 struct DecodeParams {
   gemm::WeightStreamArgs ops;  // a = x, read in place; h: one row per slot
-  DecodeBatch batch;
+  const int32_t* topk_ids;     // [T, k]
+  const float* topk_weights;
+  int64_t tokens;
+  int top_k;
+  int slots;  // T * k <= kFusedDecodeMaxSlots
+  const int32_t* num_valid_tokens;
+  int64_t num_experts;
+  int64_t expert_begin;
+  int64_t expert_end;
+  int32_t* diagnostics;
 };
+
+// How the plan places the slot of lane s (s < p.slots), a padding row's slot placing nothing.
+__device__ core::SlotPlace slot_place(const DecodeParams& p, int lane) {
+  if (lane >= p.slots ||
+      core::slot_token(lane, p.top_k) >= core::valid_tokens(p.tokens, p.num_valid_tokens))
+    return {-1, false, false};
+  return core::place_slot(p.topk_ids[lane], p.num_experts, p.expert_begin, p.expert_end);
+}
+
+// The plan's diagnostics for the batch: valid-row ids out of [0, E), and in range but remote.
+__device__ void count_skipped_ids(const core::SlotPlace& place, int32_t* diagnostics, int lane) {
+  const int out_of_range = __popc(__ballot_sync(kFullMask, place.out_of_range));
+  const int remote = __popc(__ballot_sync(kFullMask, place.remote));
+  if (lane == 0 && out_of_range > 0) add_diagnostic(diagnostics + kDiagIdOutOfRange, out_of_range);
+  if (lane == 0 && remote > 0) add_diagnostic(diagnostics + kDiagIdRemote, remote);
+}
+
+// The batch's placed slots grouped by local expert (shared memory): group g holds expert[g] and its
+// slots order[begin[g]] .. order[begin[g + 1] - 1], in slot order; groups in order of first slot.
+struct SlotGroups {
+  unsigned placed;  // bit s: slot s is placed
+  int count;
+  int expert[kFusedDecodeMaxSlots];
+  int begin[kFusedDecodeMaxSlots + 1];
+  int order[kFusedDecodeMaxSlots];
+};
+
+// Called by warp 0 (lane s handles slot s, placed as `place`); the block synchronises before
+// reading `groups`.
+__device__ void group_slots(const core::SlotPlace& place, SlotGroups& groups, int lane) {
+  const int expert = place.local_expert;
+  const unsigned same = __match_any_sync(kFullMask, expert);  // the slots of this lane's expert
+  const unsigned lowest = same & (~same + 1u);                // the group's first slot
+  const unsigned before = (1u << lane) - 1u;
+  const bool first = expert >= 0 && lowest == (1u << lane);
+  const unsigned firsts = __ballot_sync(kFullMask, first);
+  const int group = __popc(firsts & (lowest - 1u));
+  const int size = first ? __popc(same) : 0;
+  // Inclusive scan of the group sizes in lane order: a first lane's group begins at end - size.
+  int end = size;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int other = __shfl_up_sync(kFullMask, end, offset);
+    if (lane >= offset) end += other;
+  }
+  if (first) {
+    groups.expert[group] = expert;
+    groups.begin[group] = end - size;
+  }
+  if (lane == 31) groups.begin[__popc(firsts)] = end;  // every placed slot
+  const unsigned placed = __ballot_sync(kFullMask, expert >= 0);
+  if (lane == 0) {
+    groups.placed = placed;
+    groups.count = __popc(firsts);
+  }
+  __syncwarp();
+  if (expert >= 0) groups.order[groups.begin[group] + __popc(same & before)] = lane;
+}
 
 // Three blocks per SM (80 registers) rather than the staged kernel's four: at 64 registers the
 // slot bookkeeping spills (ptxas: 144 bytes), and a decode grid (I / 16 x experts, e.g. 48 x 8 at
@@ -60,7 +131,12 @@ __global__ void __launch_bounds__(kThreads, 3) decode_gate_up(DecodeParams p) {
   wait_for_previous_kernel();
   __shared__ SlotGroups groups;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  if (threadIdx.x < 32) group_slots_counting_skipped(p.batch, groups, lane);
+  if (threadIdx.x < 32) {
+    const core::SlotPlace place = slot_place(p, lane);
+    group_slots(place, groups, lane);
+    if (blockIdx.x == 0 && blockIdx.y == 0 && p.diagnostics != nullptr)
+      count_skipped_ids(place, p.diagnostics, lane);
+  }
   __syncthreads();
   const int group = static_cast<int>(blockIdx.y);  // block row y: the y-th group
   if (group >= groups.count) return;
@@ -74,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 3) decode_gate_up(DecodeParams p) {
   auto* h = static_cast<T*>(p.ops.h);
   const int64_t x_stride = p.ops.a_stride;
   const int64_t h_stride = p.ops.h_stride;
-  const int top_k = p.batch.top_k;
+  const int top_k = p.top_k;
   gate_up_columns<T, kGateUpColumns>(
       static_cast<const T*>(p.ops.w13) + groups.expert[group] * p.ops.w13_expert_stride, first,
       p.ops.intermediate, p.ops.hidden, groups.begin[group + 1] - groups.begin[group],
@@ -101,7 +177,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int warps = static_cast<int>(blockDim.x) >> 5;
-  if (warp == 0) group_slots_with_weights(p.batch, groups, slot_weight, lane);
+  if (warp == 0) {
+    // Issued with the id load of slot_place, so the combine does not wait on a load of its own.
+    const float weight = lane < p.slots ? p.topk_weights[lane] : 0.0f;
+    group_slots(slot_place(p, lane), groups, lane);
+    slot_weight[lane] = weight;
+  }
   __syncthreads();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kDownColumns;
   const auto* h = static_cast<const T*>(p.ops.h);
@@ -118,8 +199,28 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) decode_down_combine
   }
   wait_for_previous_kernel();  // for the warps without a group: out is written below
   __syncthreads();
-  combine_columns<T, kDownColumns>(p.batch.tokens, p.batch.top_k, groups.placed, slot_weight, y,
-                                   static_cast<T*>(p.ops.out), p.ops.out_stride, first);
+  // out[t][first + c] = sum over j in order of w[t, j] * y[t k + j][c], skipped slots adding
+  // nothing, as the combine stage sums (padding rows and rows without a placed slot get 0).
+  auto* out = static_cast<T*>(p.ops.out);
+  for (int64_t i = threadIdx.x; i < p.tokens * kDownColumns; i += blockDim.x) {
+    const int64_t token = i / kDownColumns;
+    const int c = static_cast<int>(i % kDownColumns);
+    float sum = 0.0f;
+    for (int j = 0; j < p.top_k; ++j) {
+      const int64_t slot = token * p.top_k + j;
+      if ((groups.placed >> slot) & 1u)
+        sum = __fadd_rn(sum, __fmul_rn(slot_weight[slot], y[slot][c]));
+    }
+    out[token * p.ops.out_stride + first + c] = from_float<T>(sum);
+  }
+}
+
+bool fused_decode_enabled() {
+  static const bool enabled = [] {
+    const char* fused = std::getenv("IRONMOE_FUSED_DECODE");
+    return fused == nullptr || std::strcmp(fused, "0") != 0;
+  }();
+  return enabled;
 }
 
 gemm::WeightStreamArgs streamed_operands(const LayerStages& s) {
@@ -143,11 +244,19 @@ gemm::WeightStreamArgs streamed_operands(const LayerStages& s) {
 
 // The fused kernels' parameters, or nothing when the path does not apply to this call.
 std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerStages& s) {
-  DecodeParams p{};
-  if (config.quant != QuantScheme::none || !decode_batch(config, s, &p.batch)) return std::nullopt;
-  const int64_t tokens = p.batch.tokens;
-  const int64_t slots = p.batch.slots;
+  const int64_t tokens = s.gather.x.size(0);
+  const int64_t slots = tokens * config.top_k;
   const int64_t local_experts = config.num_local_experts();
+  if (!fused_decode_enabled() || config.quant != QuantScheme::none ||
+      config.layout != Layout::contiguous || tokens == 0 ||
+      slots > kFusedDecodeMaxSlots || local_experts == 0) {
+    return std::nullopt;
+  }
+  if (config.expert_kernel != ExpertKernel::automatic &&
+      config.expert_kernel != ExpertKernel::weight_stream) {
+    return std::nullopt;
+  }
+  DecodeParams p{};
   p.ops = streamed_operands(s);
   if (!gemm::weight_stream_supports(p.ops, local_experts)) return std::nullopt;
   const int64_t w2_bytes =
@@ -158,6 +267,16 @@ std::optional<DecodeParams> decode_params(const MoeConfig& config, const LayerSt
                                      gemm::has_fast_memory(s.gather.x.device.index))) {
     return std::nullopt;
   }
+  p.topk_ids = s.plan.topk_ids.ptr<const int32_t>();
+  p.topk_weights = s.combine.topk_weights.ptr<const float>();
+  p.tokens = tokens;
+  p.top_k = static_cast<int>(config.top_k);
+  p.slots = static_cast<int>(slots);
+  p.num_valid_tokens = s.plan.num_valid_tokens;
+  p.num_experts = config.num_experts;
+  p.expert_begin = config.expert_begin;
+  p.expert_end = config.local_expert_end();
+  p.diagnostics = s.plan.diagnostics;
   return p;
 }
 
@@ -165,16 +284,16 @@ template <class T>
 void launch(const DecodeParams& p, cudaStream_t stream) {
   constexpr int64_t kGateUpBlockColumns = kWarps * kGateUpColumns;
   // Never more distinct experts than placed slots or local experts.
-  const int64_t local_experts = p.batch.expert_end - p.batch.expert_begin;
-  const int slots = p.batch.slots;
-  const auto expert_blocks = static_cast<unsigned>(local_experts < slots ? local_experts : slots);
+  const int64_t local_experts = p.expert_end - p.expert_begin;
+  const auto expert_blocks =
+      static_cast<unsigned>(local_experts < p.slots ? local_experts : p.slots);
   const dim3 gate_up_grid(
       static_cast<unsigned>((p.ops.intermediate + kGateUpBlockColumns - 1) / kGateUpBlockColumns),
       expert_blocks);
   launch_overlapped(decode_gate_up<T>, gate_up_grid, dim3(kThreads), 0, stream, p);
   IRONMOE_CUDA_CHECK_LAUNCH(stream);
   // A warp per group of slots, at most kWarps (the rest take turns): few slots, few warps.
-  const int down_warps = slots < kWarps ? slots : kWarps;
+  const int down_warps = p.slots < kWarps ? p.slots : kWarps;
   const dim3 down_grid(static_cast<unsigned>(p.ops.hidden / kDownColumns));
   // Always overlapped, whatever IRONMOE_OVERLAP_LAUNCHES says: the down blocks start on their
   // weights as decode_gate_up's blocks retire (decode_down_combine's comment). Measured on an
@@ -187,14 +306,13 @@ void launch(const DecodeParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool fused_decode_applies(const MoeConfig& config, const LayerStages& s) {
-  return decode_params(config, s).has_value() || fused::fp8_decode(config, s, nullptr, false);
+  return decode_params(config, s).has_value();
 }
 
 bool try_fused_decode(const MoeConfig& config, const LayerStages& s, void* stream) {
-  const cudaStream_t cuda_stream = as_cuda_stream(stream);
-  if (fused::fp8_decode(config, s, cuda_stream, true)) return true;
   const std::optional<DecodeParams> p = decode_params(config, s);
   if (!p) return false;
+  const cudaStream_t cuda_stream = as_cuda_stream(stream);
   if (p->ops.dtype == DType::bf16) {
     launch<__nv_bfloat16>(*p, cuda_stream);
   } else {

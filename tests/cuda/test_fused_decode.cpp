@@ -1,16 +1,13 @@
-// Layer::forward's fused decode paths (src/cuda/fused_decode.cu, and fused_decode_fp8.cu for FP8
-// experts) against the same layer run stage by stage with the weight_stream expert kernels: the
-// output and the diagnostics must be equal bit for bit. FP8: every scheme (fp8_tensor with static
-// scales fuses; with dynamic ones it must not, and its staged result is still compared), bf16,
-// f16 and f32 activations, H and I not multiples of 128. Precomputed routing with hostile ids
-// (duplicates within a token, -1, ids >= E, INT_MIN, ids outside the expert-parallel range) and NaN
-// weights on every slot that is not placed, num_valid_tokens absent, below T, 0 or negative,
-// strided x (NaN between rows) and output rows, every slot count from 1 to one past the path's
-// limit, bf16 and f16, SiLU and GELU, and poisoned outputs and workspaces. Routed through router
-// logits as well, and in a CUDA graph. The fused path's result against the CPU backend is covered
-// by test_layer.cpp (T = 1 takes this path there for qwen3-30b-a3b, qwen3-next-80b-a3b and
-// mixtral-8x7b) and by test_layer_capture.cpp (T = 1 and 2, against the CPU at T = 1); the FP8
-// path's by test_fp8.cpp (T = 1, 2 and 7 with k = 3 take it there).
+// Layer::forward's fused decode path (src/cuda/fused_decode.cu) against the same layer run stage
+// by stage with the weight_stream expert kernels: the output and the diagnostics must be equal
+// bit for bit. Precomputed routing with hostile ids (duplicates within a token, -1, ids >= E,
+// INT_MIN, ids outside the expert-parallel range) and NaN weights on every slot that is not
+// placed, num_valid_tokens absent, below T, 0 or negative, strided x (NaN between rows) and
+// output rows, every slot count from 1 to one past the path's limit, bf16 and f16, SiLU and GELU,
+// and poisoned outputs and workspaces. Routed through router logits as well, and in a CUDA graph.
+// The fused path's result against the CPU backend is covered by test_layer.cpp (T = 1 takes this
+// path there for qwen3-30b-a3b, qwen3-next-80b-a3b and mixtral-8x7b) and by
+// test_layer_capture.cpp (T = 1 and 2, against the CPU at T = 1).
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -21,7 +18,6 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/device_info.h"
 #include "cuda_test_util.h"
-#include "reference_fp8.h"
 
 namespace ironmoe::cuda_test {
 namespace {
@@ -35,17 +31,12 @@ struct FusedCase {
   DType dtype;
   Activation activation;
   ExpertKernel kernel;  // automatic takes the fused path only where weight streaming is preferred
-  QuantScheme quant = QuantScheme::none;
-  bool static_scales = false;  // fp8_tensor: static input scales for both GEMMs
 };
 
 MoeConfig config_for(const FusedCase& c, int64_t max_tokens) {
   MoeConfig config;
-  // bf16: I not a multiple of the 16 columns of a gate/up block. FP8 streams need multiples of
-  // 16; H and I are none of 128, so scale blocks are cut at the end of a row.
-  const bool fp8 = c.quant != QuantScheme::none;
-  config.hidden = fp8 ? 320 : 256;
-  config.intermediate = fp8 ? 208 : 136;
+  config.hidden = 256;
+  config.intermediate = 136;  // not a multiple of the 16 columns of a gate/up block
   config.num_experts = c.num_experts;
   config.top_k = c.top_k;
   config.max_tokens = max_tokens;
@@ -54,100 +45,8 @@ MoeConfig config_for(const FusedCase& c, int64_t max_tokens) {
   config.activation = c.activation;
   config.dtype = c.dtype;
   config.expert_kernel = c.kernel;
-  config.quant = c.quant;
   return config;
 }
-
-reference::Fp8Scheme reference_scheme(QuantScheme quant) {
-  switch (quant) {
-    case QuantScheme::fp8_channel: return reference::Fp8Scheme::per_channel;
-    case QuantScheme::fp8_block: return reference::Fp8Scheme::block;
-    default: return reference::Fp8Scheme::per_tensor;
-  }
-}
-
-// A layer's expert weights on the device: the storage dtype's (quant none), or E4M3 codes with
-// their scales, magnitudes differing per expert and row so that a scale read from the wrong place
-// changes the bits.
-class ExpertWeights {
- public:
-  ExpertWeights(const MoeConfig& config, uint64_t seed, bool static_scales, cudaStream_t stream)
-      : config_(config) {
-    if (config.quant == QuantScheme::none) {
-      plain_ = make_layer_weights(config, seed, false, stream);
-      return;
-    }
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> normal;
-    std::uniform_real_distribution<float> octave(-3.0f, 3.0f);
-    const int64_t local = config.num_local_experts();
-    const int64_t h = config.hidden;
-    const int64_t i = config.intermediate;
-    const auto fill = [&](int64_t rows, int64_t cols) {
-      std::vector<float> w(static_cast<size_t>(local * rows * cols));
-      for (int64_t e = 0; e < local; ++e) {
-        const float expert_scale = std::exp2(octave(rng)) / std::sqrt(static_cast<float>(cols));
-        for (int64_t r = 0; r < rows; ++r) {
-          const float row_scale = expert_scale * std::exp2(octave(rng) / 3.0f);
-          for (int64_t col = 0; col < cols; ++col)
-            w[static_cast<size_t>((e * rows + r) * cols + col)] = normal(rng) * row_scale;
-        }
-      }
-      return w;
-    };
-    const std::vector<float> w13 = fill(2 * i, h);
-    const std::vector<float> w2 = fill(h, i);
-    const reference::Fp8Weights q = reference::quantize_weights(reference_scheme(config.quant),
-                                                                local, h, i, w13.data(), w2.data());
-    w13_ = DeviceBuffer<uint8_t>(q.w13);
-    w2_ = DeviceBuffer<uint8_t>(q.w2);
-    w13_scale_ = DeviceBuffer<float>(q.w13_scale);
-    w2_scale_ = DeviceBuffer<float>(q.w2_scale);
-    if (static_scales) input_scales_ = DeviceBuffer<float>(std::vector<float>{0.02f, 0.004f});
-  }
-
-  Weights views() const {
-    if (config_.quant == QuantScheme::none) return plain_.on_device(config_);
-    const Device device = Device::cuda(0);
-    const int64_t local = config_.num_local_experts();
-    const int64_t h = config_.hidden;
-    const int64_t i = config_.intermediate;
-    const auto blocks = [](int64_t n) { return (n + 127) / 128; };
-    Weights w;
-    w.w13 = TensorView::contiguous(w13_.data(), DType::f8e4m3, {local, 2 * i, h}, device);
-    w.w2 = TensorView::contiguous(w2_.data(), DType::f8e4m3, {local, h, i}, device);
-    switch (config_.quant) {
-      case QuantScheme::fp8_tensor:
-        w.w13_scale = TensorView::contiguous(w13_scale_.data(), DType::f32, {local}, device);
-        w.w2_scale = TensorView::contiguous(w2_scale_.data(), DType::f32, {local}, device);
-        break;
-      case QuantScheme::fp8_channel:
-        w.w13_scale = TensorView::contiguous(w13_scale_.data(), DType::f32, {local, 2 * i}, device);
-        w.w2_scale = TensorView::contiguous(w2_scale_.data(), DType::f32, {local, h}, device);
-        break;
-      default:
-        w.w13_scale = TensorView::contiguous(w13_scale_.data(), DType::f32,
-                                             {local, blocks(2 * i), blocks(h)}, device);
-        w.w2_scale = TensorView::contiguous(w2_scale_.data(), DType::f32,
-                                            {local, blocks(h), blocks(i)}, device);
-        break;
-    }
-    if (input_scales_.size() == 2) {
-      w.w13_input_scale = TensorView::contiguous(input_scales_.data(), DType::f32, {1}, device);
-      w.w2_input_scale = TensorView::contiguous(input_scales_.data() + 1, DType::f32, {1}, device);
-    }
-    return w;
-  }
-
- private:
-  MoeConfig config_;
-  LayerWeights plain_;
-  DeviceBuffer<uint8_t> w13_;
-  DeviceBuffer<uint8_t> w2_;
-  DeviceBuffer<float> w13_scale_;
-  DeviceBuffer<float> w2_scale_;
-  DeviceBuffer<float> input_scales_;
-};
 
 // Ids that exercise every rule of the plan: mostly local ids, with duplicates, remote ids, -1,
 // ids past E and INT_MIN mixed in.
@@ -189,15 +88,11 @@ std::optional<int32_t> num_valid_for(int64_t tokens) {
   }
 }
 
-// fp8_tensor without a static GEMM2 input scale takes h's scale over every placed slot, which the
-// fused down kernel's blocks do not see alone: that scheme always runs staged.
-bool fusable(const FusedCase& c) { return c.quant != QuantScheme::fp8_tensor || c.static_scales; }
-
 class FusedDecode : public CudaTestWithParam<FusedCase> {
  protected:
   // forward() (fused when it applies) or the five stages with weight_stream experts. x rows are
   // x_stride apart and out rows out_stride apart.
-  LayerResult run(const MoeConfig& config, const ExpertWeights& weights,
+  LayerResult run(const MoeConfig& config, const LayerWeights& weights,
                   const DeviceBuffer<uint8_t>& x, int64_t x_stride,
                   const DeviceBuffer<int32_t>& ids, const DeviceBuffer<float>& topk_weights,
                   const DeviceBuffer<int32_t>& num_valid, bool has_num_valid, int64_t tokens,
@@ -222,18 +117,17 @@ class FusedDecode : public CudaTestWithParam<FusedCase> {
     const Outputs outputs{
         rows_view(out.data(), config.dtype, tokens, config.hidden, out_stride, device)};
     const Workspace space{workspace.data(), workspace.bytes()};
-    LayerStages s = layer.stages(inputs, weights.views(), outputs, space, gpu());
+    LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
     const bool fused = cuda::fused_decode_applies(config, s);
     if (staged) {
       // Where the fused path does not apply, forward() runs exactly these stages.
       if (fused) s.experts.kernel = ExpertKernel::weight_stream;
-      if (s.has_input_scale) fp8_input_scale(s.input_scale, gpu());
       plan(s.plan, gpu());
       if (s.has_gather) gather(s.gather, gpu());
       experts(s.experts, gpu());
       combine(s.combine, gpu());
     } else {
-      layer.forward(inputs, weights.views(), outputs, space, gpu());
+      layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
     }
     sync();
     return {out.download(), diagnostics.download(), fused};
@@ -247,7 +141,7 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
   std::mt19937_64 rng(seed);
   const int64_t max_tokens = cuda::kFusedDecodeMaxSlots / c.top_k + 1;  // one size past the path
   const MoeConfig config = config_for(c, max_tokens);
-  const ExpertWeights weights(config, rng(), c.static_scales, stream());
+  const LayerWeights weights = make_layer_weights(config, rng(), false, stream());
   const int64_t x_stride = config.hidden + 16;  // still 16-byte rows: the fused path reads x here
   const int64_t out_stride = config.hidden + 24;
   int fused_sizes = 0;
@@ -289,8 +183,7 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
     ASSERT_EQ(fused.diagnostics, staged.diagnostics);
     const bool slots_fit = tokens * config.top_k <= cuda::kFusedDecodeMaxSlots;
     if (c.kernel == ExpertKernel::weight_stream) {
-      EXPECT_EQ(fused.fused, slots_fit && fusable(c))
-          << "a forced weight_stream layer fuses up to 32 slots";
+      EXPECT_EQ(fused.fused, slots_fit) << "a forced weight_stream layer fuses up to 32 slots";
     }
     if (c.kernel == ExpertKernel::grouped_gemm) {
       EXPECT_FALSE(fused.fused);
@@ -312,9 +205,8 @@ TEST_P(FusedDecode, EqualsStagesBitForBit) {
     EXPECT_EQ(nonzero, placed) << "an output with placed slots must not be all zero";
     fused_sizes += fused.fused && placed ? 1 : 0;
   }
-  // Every case but the forced grouped GEMM and the unfusable scheme must have compared a real
-  // fused result.
-  if (c.kernel != ExpertKernel::grouped_gemm && fusable(c)) {
+  // Every case but the forced grouped GEMM must have compared a real fused result.
+  if (c.kernel != ExpertKernel::grouped_gemm) {
     EXPECT_GT(fused_sizes, 0);
   }
 }
@@ -325,10 +217,10 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
   const MoeConfig config = config_for(c, 64);
   const Device device = Device::cuda(0);
   const Layer layer(config, device);
-  const ExpertWeights weights(config, fresh_seed(), c.static_scales, stream());
+  const LayerWeights weights = make_layer_weights(config, fresh_seed(), false, stream());
   DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
-  DeviceBuffer<uint8_t> x(64 * config.hidden * 4);
-  DeviceBuffer<uint8_t> out(64 * config.hidden * 4);
+  DeviceBuffer<uint8_t> x(64 * config.hidden * 2);
+  DeviceBuffer<uint8_t> out(64 * config.hidden * 2);
   DeviceBuffer<int32_t> ids(64 * config.top_k);
   DeviceBuffer<float> topk_weights(64 * config.top_k);
   for (int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{4}, int64_t{16}, int64_t{64}}) {
@@ -340,21 +232,19 @@ TEST_P(FusedDecode, AppliesWhereDocumented) {
         TensorView::contiguous(topk_weights.data(), DType::f32, {tokens, config.top_k}, device);
     const Outputs outputs{
         TensorView::contiguous(out.data(), config.dtype, {tokens, config.hidden}, device)};
-    const LayerStages s = layer.stages(inputs, weights.views(), outputs,
+    const LayerStages s = layer.stages(inputs, weights.on_device(config), outputs,
                                        {workspace.data(), workspace.bytes()}, gpu());
     const int64_t slots = tokens * config.top_k;
     const int64_t local = config.num_local_experts();
     // The measured crossover of gemm/weight_stream.h: H100-class memory streams up to 16 rows at
     // one per four local experts, H200-class (>= 4 TB/s peak) up to 256 at one per two.
     const bool fast_memory = cuda::peak_memory_bandwidth(0) >= 4.0e12;
-    // FP8 stages stream every batch below 128 rows (src/cuda/experts_fp8.cu).
-    const bool preferred =
-        c.quant != QuantScheme::none ||
-        (fast_memory ? slots <= 256 && 2 * slots <= local : slots <= 16 && 4 * slots <= local);
+    const bool preferred = fast_memory ? slots <= 256 && 2 * slots <= local
+                                       : slots <= 16 && 4 * slots <= local;
     const bool streamed = c.kernel == ExpertKernel::weight_stream ||
                           (c.kernel == ExpertKernel::automatic && preferred);
     EXPECT_EQ(cuda::fused_decode_applies(config, s),
-              slots <= cuda::kFusedDecodeMaxSlots && streamed && fusable(c))
+              slots <= cuda::kFusedDecodeMaxSlots && streamed)
         << "T = " << tokens;
   }
 }
@@ -421,22 +311,6 @@ std::vector<FusedCase> fused_cases() {
        ExpertKernel::weight_stream},
       {"grouped_gemm_forced_bf16", 64, 4, 0, -1, DType::bf16, Activation::silu_and_mul,
        ExpertKernel::grouped_gemm},
-      {"fp8_tensor_dynamic_stream_bf16", 128, 8, 0, -1, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::weight_stream, QuantScheme::fp8_tensor},
-      {"fp8_tensor_static_stream_f16_gelu", 8, 2, 0, -1, DType::f16, Activation::gelu_and_mul,
-       ExpertKernel::weight_stream, QuantScheme::fp8_tensor, true},
-      {"fp8_tensor_static_auto_bf16", 128, 8, 0, -1, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::automatic, QuantScheme::fp8_tensor, true},
-      {"fp8_channel_auto_bf16", 16, 1, 0, -1, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::automatic, QuantScheme::fp8_channel},
-      {"fp8_channel_ep_range_stream_f32", 32, 4, 8, 20, DType::f32, Activation::silu_and_mul,
-       ExpertKernel::weight_stream, QuantScheme::fp8_channel},
-      {"fp8_block_auto_bf16", 128, 8, 0, -1, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::automatic, QuantScheme::fp8_block},
-      {"fp8_block_ep_range_stream_bf16", 32, 3, 8, 20, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::weight_stream, QuantScheme::fp8_block},
-      {"fp8_block_grouped_gemm_forced_bf16", 64, 4, 0, -1, DType::bf16, Activation::silu_and_mul,
-       ExpertKernel::grouped_gemm, QuantScheme::fp8_block},
   };
 }
 
@@ -454,50 +328,46 @@ TEST_F(FusedDecodeCapture, GraphReplayEqualsDirectRun) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
-  for (QuantScheme quant : {QuantScheme::none, QuantScheme::fp8_channel, QuantScheme::fp8_block}) {
-    SCOPED_TRACE(quant_scheme_name(quant));
-    MoeConfig config = preset("qwen3-30b-a3b", 2);
-    config.hidden = 256;
-    config.intermediate = 128;
-    config.quant = quant;
-    const Device device = Device::cuda(0);
-    const Layer layer(config, device);
-    const ExpertWeights weights(config, rng(), false, stream());
-    DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
-    workspace.fill_bytes(kPoisonFloatByte);
-    for (int64_t tokens : {int64_t{1}, int64_t{2}}) {
-      SCOPED_TRACE("T = " + std::to_string(tokens));
-      DeviceBuffer<uint8_t> x(tokens * config.hidden * 2);
-      DeviceBuffer<float> logits(tokens * config.num_experts);
-      DeviceBuffer<uint8_t> out(tokens * config.hidden * 2);
-      Inputs inputs;
-      inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
-      inputs.router_logits =
-          TensorView::contiguous(logits.data(), DType::f32, {tokens, config.num_experts}, device);
-      const Outputs outputs{
-          TensorView::contiguous(out.data(), config.dtype, {tokens, config.hidden}, device)};
-      const Workspace space{workspace.data(), workspace.bytes()};
-      {
-        const LayerStages s = layer.stages(inputs, weights.views(), outputs, space, gpu());
-        ASSERT_TRUE(cuda::fused_decode_applies(config, s));
-      }
-      const CapturedGraph graph(
-          stream(), [&] { layer.forward(inputs, weights.views(), outputs, space, gpu()); });
-      for (int replay = 0; replay < 3; ++replay) {
-        std::normal_distribution<float> normal(0.0f, 1.0f + static_cast<float>(replay));
-        std::vector<float> xs(static_cast<size_t>(tokens * config.hidden));
-        for (float& v : xs) v = normal(rng);
-        x.upload(encode(config.dtype, xs));
-        logits.upload(make_logits(rng, tokens, config.num_experts, config.num_experts, true));
-        out.fill_bytes(kPoisonFloatByte);
-        graph.launch(stream());
-        sync();
-        const std::vector<uint8_t> replayed = out.download();
-        out.fill_bytes(kPoisonFloatByte);
-        layer.forward(inputs, weights.views(), outputs, space, gpu());
-        sync();
-        expect_replay_output(replayed, out.download(), config.dtype, config.hidden, tokens);
-      }
+  MoeConfig config = preset("qwen3-30b-a3b", 2);
+  config.hidden = 256;
+  config.intermediate = 128;
+  const Device device = Device::cuda(0);
+  const Layer layer(config, device);
+  const LayerWeights weights = make_layer_weights(config, rng(), false, stream());
+  DeviceBuffer<uint8_t> workspace(static_cast<int64_t>(layer.workspace_bytes()));
+  workspace.fill_bytes(kPoisonFloatByte);
+  for (int64_t tokens : {int64_t{1}, int64_t{2}}) {
+    SCOPED_TRACE("T = " + std::to_string(tokens));
+    DeviceBuffer<uint8_t> x(tokens * config.hidden * 2);
+    DeviceBuffer<float> logits(tokens * config.num_experts);
+    DeviceBuffer<uint8_t> out(tokens * config.hidden * 2);
+    Inputs inputs;
+    inputs.x = TensorView::contiguous(x.data(), config.dtype, {tokens, config.hidden}, device);
+    inputs.router_logits =
+        TensorView::contiguous(logits.data(), DType::f32, {tokens, config.num_experts}, device);
+    const Outputs outputs{
+        TensorView::contiguous(out.data(), config.dtype, {tokens, config.hidden}, device)};
+    const Workspace space{workspace.data(), workspace.bytes()};
+    {
+      const LayerStages s = layer.stages(inputs, weights.on_device(config), outputs, space, gpu());
+      ASSERT_TRUE(cuda::fused_decode_applies(config, s));
+    }
+    const CapturedGraph graph(
+        stream(), [&] { layer.forward(inputs, weights.on_device(config), outputs, space, gpu()); });
+    for (int replay = 0; replay < 3; ++replay) {
+      std::normal_distribution<float> normal;
+      std::vector<float> xs(static_cast<size_t>(tokens * config.hidden));
+      for (float& v : xs) v = normal(rng);
+      x.upload(encode(config.dtype, xs));
+      logits.upload(make_logits(rng, tokens, config.num_experts, config.num_experts, true));
+      out.fill_bytes(kPoisonFloatByte);
+      graph.launch(stream());
+      sync();
+      const std::vector<uint8_t> replayed = out.download();
+      out.fill_bytes(kPoisonFloatByte);
+      layer.forward(inputs, weights.on_device(config), outputs, space, gpu());
+      sync();
+      expect_replay_output(replayed, out.download(), config.dtype, config.hidden, tokens);
     }
   }
 }
