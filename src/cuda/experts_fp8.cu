@@ -116,24 +116,20 @@ HopperScratch hopper_scratch(int64_t rows, int64_t hidden, int64_t intermediate,
   return s;
 }
 
-// fp8_tensor's scale for the experts' rows of `source`: `given`, or when null a dynamic one
-// computed into `dynamic`. Null for the other schemes.
-const float* tensor_scale_of(const gemm::ExpertRows& rows, const Fp8RowSource& source,
-                             QuantScheme quant, const float* given, float* dynamic,
-                             cudaStream_t stream) {
-  if (quant != QuantScheme::fp8_tensor) return nullptr;
-  if (given != nullptr) return given;
-  fp8_tensor_scale_of_rows(rows, source, dynamic, stream);
-  return dynamic;
-}
-
 // Quantises the experts' rows of `source` into codes and scales; fp8_tensor uses `given` or,
 // when null, a dynamic scale computed into `dynamic`. Returns the tensor scale (null for the
 // other schemes).
 const float* quantize_input(const gemm::ExpertRows& rows, const Fp8RowSource& source,
                             QuantScheme quant, const float* given, float* dynamic, uint8_t* codes,
                             const Fp8ScaleTarget& scales, cudaStream_t stream) {
-  const float* tensor_scale = tensor_scale_of(rows, source, quant, given, dynamic, stream);
+  const float* tensor_scale = nullptr;
+  if (quant == QuantScheme::fp8_tensor) {
+    tensor_scale = given;
+    if (tensor_scale == nullptr) {
+      fp8_tensor_scale_of_rows(rows, source, dynamic, stream);
+      tensor_scale = dynamic;
+    }
+  }
   fp8_quantize_rows(rows, source, quant, tensor_scale, codes, scales, stream);
   return tensor_scale;
 }
@@ -171,13 +167,15 @@ Fp8Buffers carve(char* scratch, const core::Fp8Scratch& layout) {
           reinterpret_cast<float*>(scratch + layout.tensor_scales)};
 }
 
-// GEMM1 with the activation on the non-Hopper paths: fp32 h from the input rows (a_scales are set
-// where the input is quantised).
-gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers) {
+// GEMM1 with the activation on the non-Hopper paths: fp32 h from the quantised input rows.
+gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers,
+                               const float* a_tensor_scale) {
   const int64_t hidden = args.permuted_in.size(1);
   const int64_t inter = args.w13.size(1) / 2;
   gemm::Fp8GemmArgs gemm1;
   gemm1.a = buffers.a_codes;
+  gemm1.a_scales =
+      core::fp8_activation_scale_map(args.quant, buffers.a_scales, a_tensor_scale, hidden);
   gemm1.w = static_cast<const uint8_t*>(args.w13.data);
   gemm1.w_scales = args.w13_scale.ptr<const float>();
   gemm1.quant = args.quant;
@@ -342,21 +340,7 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
     return;
   }
   const Fp8Buffers buffers = carve(scratch, core::fp8_scratch(quant, num_rows, hidden, inter));
-  // Each GEMM's input: quantised into the scratch first, or, where the streaming kernels take the
-  // values (decode sizes), quantised by the GEMM as it reads them (one launch fewer).
-  const auto run = [&](gemm::Fp8GemmArgs gemm_args, const Fp8RowSource& input, const float* given,
-                       float* dynamic, uint8_t* codes, float* row_scales) {
-    const float* tensor_scale = nullptr;
-    if (path == Fp8Path::weight_stream && gemm::stream_fp8_quantises(num_rows, input)) {
-      tensor_scale = tensor_scale_of(rows, input, quant, given, dynamic, stream);
-      gemm_args.a_scales =
-          core::fp8_activation_scale_map(quant, row_scales, tensor_scale, gemm_args.k);
-      gemm::stream_fp8_gemm(rows, gemm_args, stream, &input);
-      return;
-    }
-    tensor_scale = quantize_input(rows, input, quant, given, dynamic, codes, {row_scales}, stream);
-    gemm_args.a_scales =
-        core::fp8_activation_scale_map(quant, row_scales, tensor_scale, gemm_args.k);
+  const auto run = [&](const gemm::Fp8GemmArgs& gemm_args) {
     if (path == Fp8Path::weight_stream) {
       gemm::stream_fp8_gemm(rows, gemm_args, stream);
     } else {
@@ -365,15 +349,24 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   };
 
   if (args.phase != ExpertPhase::down) {
-    // 1. GEMM1's input, 2. GEMM1 + activation into fp32 h.
-    run(gate_up_args(args, buffers), gemm1_input(args), args.w13_input_scale.ptr<const float>(),
-        &buffers.tensor_scales[0], buffers.a_codes, buffers.a_scales);
+    // 1. GEMM1's input, then 2. GEMM1 + activation into fp32 h.
+    const float* a_tensor_scale =
+        quantize_input(rows, gemm1_input(args), quant, args.w13_input_scale.ptr<const float>(),
+                       &buffers.tensor_scales[0], buffers.a_codes, {buffers.a_scales}, stream);
+    run(gate_up_args(args, buffers, a_tensor_scale));
   }
   if (args.phase == ExpertPhase::gate_up) return;
 
-  // 3. GEMM2's input, from fp32 h; 4. GEMM2 into permuted_out.
+  // 3. GEMM2's input, from fp32.
+  const float* h_tensor_scale =
+      quantize_input(rows, {buffers.h_values, DType::f32, inter, inter}, quant,
+                     args.w2_input_scale.ptr<const float>(), &buffers.tensor_scales[1],
+                     buffers.h_codes, {buffers.h_scales}, stream);
+
+  // 4. GEMM2 into permuted_out.
   gemm::Fp8GemmArgs gemm2;
   gemm2.a = buffers.h_codes;
+  gemm2.a_scales = core::fp8_activation_scale_map(quant, buffers.h_scales, h_tensor_scale, inter);
   gemm2.w = static_cast<const uint8_t*>(args.w2.data);
   gemm2.w_scales = args.w2_scale.ptr<const float>();
   gemm2.quant = quant;
@@ -382,8 +375,7 @@ void experts_fp8(const ExpertArgs& args, void* stream_handle) {
   gemm2.out_dtype = dtype;
   gemm2.n = hidden;
   gemm2.k = inter;
-  run(gemm2, {buffers.h_values, DType::f32, inter, inter}, args.w2_input_scale.ptr<const float>(),
-      &buffers.tensor_scales[1], buffers.h_codes, buffers.h_scales);
+  run(gemm2);
 }
 
 void fp8_input_scale(const Fp8InputScaleArgs& args, void* stream_handle) {

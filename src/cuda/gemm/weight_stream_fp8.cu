@@ -3,10 +3,8 @@
 
 #include <algorithm>
 
-#include "core/plan_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/fp8.cuh"
-#include "cuda/fp8_row_sources.cuh"
 #include "cuda/gemm/weight_stream.cuh"
 #include "cuda/gemm/weight_stream.h"
 #include "cuda/gemm/weight_stream_fp8.h"
@@ -25,20 +23,18 @@ constexpr int kDownColumnsFp8 = 4;        // down: 4 weight rows a warp
 // pointers spilled (ptxas: 164 bytes); a decode grid (e.g. 48 x 8 blocks for qwen3-30b-a3b's
 // gate/up at one token) still fits one wave of 3 x 132.
 constexpr int kFp8BlocksPerSm = 3;
-// Two shapes of pass over a warp's weight rows, picked on the host by the number of rows:
-//   decode (R <= kFp8DecodeMaxRows; stream_fp8_row): one activation row per pass and
-//     kDecodeSteps warp-wide K strides of weight codes loaded before any is used (as the bf16
-//     kernels' kStepsPerLoad). An expert rarely gets two rows there (a second pass then finds its
-//     weights in L2). With one stride a warp had a single 16-byte load per weight row in flight
-//     and waited out an HBM round trip per stride (session 13 under ncu, qwen3-30b-a3b at T = 1:
-//     gate/up 2.1 TB/s, down 1.1 TB/s, against 4.26 TB/s copies). The row is read as codes or as
-//     values the warp quantises (CodeRow, ValueRow).
-//   otherwise (stream_fp8_rows): two token rows per pass (not the bf16 kernels' four: rows rarely
-//     share an expert more than that at these sizes) and one stride; two of each spill at 80
-//     registers.
+// Two shapes of pass over a warp's weight rows (a template parameter pair), picked on the host by
+// the number of rows:
+//   decode (R <= kFp8DecodeMaxRows): one token row per pass and two warp-wide K strides of weight
+//     codes loaded before any is used (as the bf16 kernels' kStepsPerLoad). An expert rarely gets
+//     two rows there (a second pass then finds its weights in L2). With one stride a warp had a
+//     single 16-byte load per weight row in flight and waited out an HBM round trip per stride
+//     (session 13 under ncu, qwen3-30b-a3b at T = 1: gate/up 2.1 TB/s, down 1.1 TB/s, against
+//     4.26 TB/s copies).
+//   otherwise: two token rows per pass (not the bf16 kernels' four: rows rarely share an expert
+//     more than that at these sizes) and one stride; two of each spill at 80 registers.
 // Per lane every sum adds its 16-groups in increasing k either way, so both give the same bits.
 constexpr int64_t kFp8DecodeMaxRows = 32;
-constexpr int kDecodeSteps = 2;
 static_assert(core::kFp8Block % kCodes == 0, "a 16-group never straddles a scale block");
 static_assert(core::kFp8Block == 128, "scale blocks along K are indexed as k >> 7");
 
@@ -106,163 +102,6 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& a) {
     sum = fmaf(wv.y, av.y, sum);
   }
   return sum;
-}
-
-// A decode pass's activation row, read one warp-wide K stride at a time: every lane of the warp
-// calls prepare() once and stride() for every stride, whether its k is inside the row or not.
-// CodeRow reads the codes and scales fp8_quantize_rows wrote.
-struct CodeRow {
-  const uint8_t* codes;
-  const float* scales;  // the row's (Fp8ScaleMap::row_base)
-  bool per_block;
-  __device__ void prepare(int) {}
-  __device__ void stride(int k, int k_size, uint4& codes_out, float& scale) const {
-    if (k >= k_size) return;
-    codes_out = __ldg(reinterpret_cast<const uint4*>(codes + k));
-    scale = scales[per_block ? k >> 7 : 0];
-  }
-};
-
-// ValueRow quantises the row's values as it reads them, with fp8_quantize_rows's rules, so the
-// codes and scales are that kernel's: a 128-block's scale is the max over the 8 lanes that hold
-// its 8 x 16 values (lanes past the row add zeros, as the quantiser's shorter last block), a
-// row's scale a max over the whole row found by prepare(), NaN in the group making it NaN.
-template <class T>
-struct ValueRow {
-  const T* values;  // null: a row of zeros (a gathered row whose entry is not a slot)
-  QuantScheme quant;
-  float scale;  // fp8_tensor: the tensor's; fp8_channel: the row's, from prepare()
-
-  __device__ void load16(int k, float (&v)[kCodes]) const {
-    float(&low)[kFp8Chunk] = *reinterpret_cast<float(*)[kFp8Chunk]>(&v[0]);
-    float(&high)[kFp8Chunk] = *reinterpret_cast<float(*)[kFp8Chunk]>(&v[kFp8Chunk]);
-    load_chunk(values + k, low);
-    load_chunk(values + k + kFp8Chunk, high);
-  }
-
-  __device__ void prepare(int k_size) {
-    if (quant != QuantScheme::fp8_channel) return;
-    const int lane = static_cast<int>(threadIdx.x) & 31;
-    float amax = 0.0f;
-    bool nan = false;
-    if (values != nullptr) {
-      for (int c = lane * kFp8Chunk; c < k_size; c += 32 * kFp8Chunk) {
-        float v[kFp8Chunk];
-        load_chunk(values + c, v);
-#pragma unroll
-        for (int j = 0; j < kFp8Chunk; ++j) {
-          nan = nan || isnan(v[j]);
-          amax = fmaxf(amax, fabsf(v[j]));  // fmaxf drops NaN, as the quantiser's amax
-        }
-      }
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1)
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    scale = fp8_dynamic_scale(__any_sync(0xffffffffu, nan) ? __int_as_float(0x7fc00000) : amax);
-  }
-
-  __device__ void stride(int k, int k_size, uint4& codes_out, float& scale_out) const {
-    float v[kCodes] = {};
-    if (values != nullptr && k < k_size) load16(k, v);
-    scale_out = scale;
-    if (quant == QuantScheme::fp8_block) {
-      float amax = 0.0f;
-      bool nan = false;
-#pragma unroll
-      for (int j = 0; j < kCodes; ++j) {
-        nan = nan || isnan(v[j]);
-        amax = fmaxf(amax, fabsf(v[j]));
-      }
-      constexpr int kBlockLanes = static_cast<int>(core::kFp8Block) / kCodes;  // 8
-#pragma unroll
-      for (int offset = kBlockLanes / 2; offset > 0; offset >>= 1)
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-      const int lane = static_cast<int>(threadIdx.x) & 31;
-      const unsigned block_nan =
-          (__ballot_sync(0xffffffffu, nan) >> (lane & ~(kBlockLanes - 1))) & 0xffu;
-      scale_out = fp8_dynamic_scale(block_nan != 0 ? __int_as_float(0x7fc00000) : amax);
-    }
-    alignas(16) uint8_t packed[kCodes];
-#pragma unroll
-    for (int j = 0; j < kCodes; ++j) packed[j] = fp8_quantize(v[j], scale_out);
-    codes_out = *reinterpret_cast<const uint4*>(packed);
-  }
-};
-static_assert(32 * kCodes % core::kFp8Block == 0, "a 128-block is 8 lanes of one stride");
-
-// The rows a decode kernel reads: codes (CodeRows) or values (ValueRows<T>), row r of the plan's
-// permuted order.
-struct CodeRows {
-  const uint8_t* codes;
-  int64_t k;
-  core::Fp8ScaleMap scales;
-  __device__ CodeRow row(int64_t r) const {
-    return {codes + r * k, scales.row_base(r), scales.k_group != 0};
-  }
-};
-
-template <class T>
-struct ValueRows {
-  const T* data;
-  int64_t stride;
-  const int32_t* row_to_slot;  // null: row r is data's row r; else the gathered token's
-  int64_t top_k;
-  int64_t slots;
-  QuantScheme quant;
-  const float* tensor_scale;  // fp8_tensor
-  __device__ ValueRow<T> row(int64_t r) const {
-    int64_t source = r;
-    if (row_to_slot != nullptr) source = core::row_token(row_to_slot[r], slots, top_k);
-    return {source >= 0 ? data + source * stride : nullptr, quant,
-            quant == QuantScheme::fp8_tensor ? *tensor_scale : 0.0f};
-  }
-};
-
-// acc[q * kPerRun + i] = sum over K of (run q's row i) . a, each 16-group scaled by its activation
-// and weight scales, for one activation row: the decode pass. Per lane the groups are added in
-// increasing k, as stream_fp8_rows adds them. The loop runs the same number of times in every
-// lane (ValueRow shuffles); a's row scale is found once the first weights are on their way.
-template <int kSteps, int kRuns, int kPerRun, class Row>
-__device__ __forceinline__ void stream_fp8_row(const WeightRuns<kRuns, kPerRun>& w, Row a,
-                                               int k_size, float (&acc)[kRuns * kPerRun]) {
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  for (int base = 0; base < k_size; base += kSteps * kCodeStride) {
-    uint4 wv[kSteps][kRuns * kPerRun];
-#pragma unroll
-    for (int step = 0; step < kSteps; ++step) {
-      const int k = base + step * kCodeStride + lane * kCodes;
-#pragma unroll
-      for (int q = 0; q < kRuns; ++q) {
-#pragma unroll
-        for (int i = 0; i < kPerRun; ++i) {
-          wv[step][q * kPerRun + i] =
-              k < k_size ? __ldg(reinterpret_cast<const uint4*>(w.first[q] + i * k_size + k))
-                         : make_uint4(0, 0, 0, 0);
-        }
-      }
-    }
-    if (base == 0) a.prepare(k_size);
-#pragma unroll
-    for (int step = 0; step < kSteps; ++step) {
-      const int k = base + step * kCodeStride + lane * kCodes;
-      uint4 av = make_uint4(0, 0, 0, 0);
-      float a_scale = 0.0f;
-      a.stride(k, k_size, av, a_scale);
-      if (k < k_size) {
-        const int w_block = w.per_block ? k >> 7 : 0;
-#pragma unroll
-        for (int q = 0; q < kRuns; ++q) {
-#pragma unroll
-          for (int i = 0; i < kPerRun; ++i) {
-            const float w_scale = w.scales[q][i * w.scale_row_step + w_block];
-            acc[q * kPerRun + i] =
-                fmaf(dot16(wv[step][q * kPerRun + i], av), a_scale * w_scale, acc[q * kPerRun + i]);
-          }
-        }
-      }
-    }
-  }
 }
 
 // acc[q * kPerRun + i][r] = sum over K of (run q's row i) . a_r for up to kRowsPerPass token rows,
@@ -390,58 +229,6 @@ __global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
   }
 }
 
-// The decode shapes of the two kernels above: one activation row per pass, from `rows`.
-template <class Rows>
-__global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
-    stream_fp8_gate_up_decode(ExpertRows rows, Fp8GemmArgs p, Rows a_rows) {
-  extern __shared__ int active[];
-  int64_t expert = 0, first = 0;
-  RowRange range;
-  if (!warp_task<kGateUpColumnsFp8>(rows, p.n, active, &expert, &range, &first)) return;
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  constexpr int kRows = 2 * kGateUpColumnsFp8;
-  const core::Fp8ScaleMap map =
-      core::fp8_weight_scale_map(p.quant, p.w_scales, expert, 2 * p.n, p.k);
-  const uint8_t* matrix = p.w + expert * 2 * p.n * p.k;
-  auto w = weight_runs<2, kGateUpColumnsFp8>(map);  // run 0: the gate rows, run 1: the up rows
-  set_run(w, 0, matrix, map, first, p.k);
-  set_run(w, 1, matrix, map, first + p.n, p.k);
-  auto* h = static_cast<float*>(p.out);
-  for (int64_t row = range.begin; row < range.begin + range.count; ++row) {
-    float acc[kRows] = {};
-    stream_fp8_row<kDecodeSteps>(w, a_rows.row(row), static_cast<int>(p.k), acc);
-#pragma unroll
-    for (int c = 0; c < kGateUpColumnsFp8; ++c) {
-      const float gate = warp_sum(acc[c]);
-      const float up = warp_sum(acc[kGateUpColumnsFp8 + c]);
-      if (lane == c) h[row * p.out_stride + first + c] = gated_activation(gate, up, p.activation);
-    }
-  }
-}
-
-template <class T, class Rows>
-__global__ void __launch_bounds__(kThreads, kFp8BlocksPerSm)
-    stream_fp8_down_decode(ExpertRows rows, Fp8GemmArgs p, Rows a_rows) {
-  extern __shared__ int active[];
-  int64_t expert = 0, first = 0;
-  RowRange range;
-  if (!warp_task<kDownColumnsFp8>(rows, p.n, active, &expert, &range, &first)) return;
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  const core::Fp8ScaleMap map = core::fp8_weight_scale_map(p.quant, p.w_scales, expert, p.n, p.k);
-  auto w = weight_runs<1, kDownColumnsFp8>(map);
-  set_run(w, 0, p.w + expert * p.n * p.k, map, first, p.k);
-  auto* out = static_cast<T*>(p.out);
-  for (int64_t row = range.begin; row < range.begin + range.count; ++row) {
-    float acc[kDownColumnsFp8] = {};
-    stream_fp8_row<kDecodeSteps>(w, a_rows.row(row), static_cast<int>(p.k), acc);
-#pragma unroll
-    for (int c = 0; c < kDownColumnsFp8; ++c) {
-      const float v = warp_sum(acc[c]);
-      if (lane == c) out[row * p.out_stride + first + c] = from_float<T>(v);
-    }
-  }
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 dim3 grid_for(const ExpertRows& rows, int64_t columns, int columns_per_warp) {
@@ -459,57 +246,18 @@ bool stream_fp8_supports(int64_t hidden, int64_t intermediate, const void* w13, 
          local_experts <= kWeightStreamMaxExperts;
 }
 
-bool stream_fp8_quantises(int64_t num_rows, const Fp8RowSource& values) {
-  const bool float_dtype =
-      values.dtype == DType::bf16 || values.dtype == DType::f16 || values.dtype == DType::f32;
-  if (num_rows > kFp8DecodeMaxRows || values.gated || !float_dtype || values.k % kCodes != 0) {
-    return false;
-  }
-  const auto element = static_cast<int64_t>(dtype_size(values.dtype));
-  const int64_t source_rows =
-      values.row_to_slot != nullptr ? (values.slots + values.top_k - 1) / values.top_k : num_rows;
-  return rows_allow_wide_access(values.data, values.k * element, values.stride * element,
-                                source_rows);
-}
-
-void stream_fp8_gemm(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream,
-                     const Fp8RowSource* values) {
+void stream_fp8_gemm(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream) {
   if (rows.num_experts == 0 || rows.num_rows == 0) return;
   const size_t list_bytes = static_cast<size_t>(rows.num_experts) * sizeof(int);
   const bool decode = rows.num_rows <= kFp8DecodeMaxRows;
-  IRONMOE_CHECK(values == nullptr || stream_fp8_quantises(rows.num_rows, *values), "experts",
-                "the streaming FP8 GEMM cannot quantise these rows itself");
-  const dim3 grid = grid_for(rows, args.n, args.gated ? kGateUpColumnsFp8 : kDownColumnsFp8);
-  // Calls launch(kernel, rows) with the decode kernels' row reader.
-  const auto with_rows = [&](auto launch) {
-    if (values == nullptr) {
-      launch(CodeRows{args.a, args.k, args.a_scales});
-      return;
-    }
-    dispatch_float_dtype("experts", values->dtype, [&](auto element) {
-      using S = decltype(element);
-      launch(ValueRows<S>{static_cast<const S*>(values->data), values->stride, values->row_to_slot,
-                          values->top_k, values->slots, args.quant, args.a_scales.data});
-    });
-  };
   if (args.gated) {
-    if (decode) {
-      with_rows([&](auto a_rows) {
-        stream_fp8_gate_up_decode<<<grid, kThreads, list_bytes, stream>>>(rows, args, a_rows);
-      });
-    } else {
-      stream_fp8_gate_up_kernel<2, 1><<<grid, kThreads, list_bytes, stream>>>(rows, args);
-    }
+    auto* kernel = decode ? stream_fp8_gate_up_kernel<1, 2> : stream_fp8_gate_up_kernel<2, 1>;
+    kernel<<<grid_for(rows, args.n, kGateUpColumnsFp8), kThreads, list_bytes, stream>>>(rows, args);
   } else {
     dispatch_float_dtype("experts", args.out_dtype, [&](auto element) {
       using T = decltype(element);
-      if (decode) {
-        with_rows([&](auto a_rows) {
-          stream_fp8_down_decode<T><<<grid, kThreads, list_bytes, stream>>>(rows, args, a_rows);
-        });
-      } else {
-        stream_fp8_down_kernel<T, 2, 1><<<grid, kThreads, list_bytes, stream>>>(rows, args);
-      }
+      auto* kernel = decode ? stream_fp8_down_kernel<T, 1, 2> : stream_fp8_down_kernel<T, 2, 1>;
+      kernel<<<grid_for(rows, args.n, kDownColumnsFp8), kThreads, list_bytes, stream>>>(rows, args);
     });
   }
   IRONMOE_CUDA_CHECK_LAUNCH(stream);

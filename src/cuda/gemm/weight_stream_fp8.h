@@ -2,9 +2,7 @@
 // Weight-streaming expert GEMMs on E4M3 codes (FP8 experts, decode): the weight_stream.h shape
 // (a warp per output column or two, each weight row read once per 2 token rows, 16-byte loads)
 // reading 16 codes per load, so an expert's weights cost one byte each. Both GEMMs take their
-// activations already quantised (codes + scales, cuda/fp8_quantize.h), or, at decode sizes, the
-// activations' values, which each warp quantises itself as it reads them (the same codes and
-// scales as fp8_quantize_rows, so the same bits, one launch fewer per GEMM); each group of 16
+// activations already quantised (codes + scales, cuda/fp8_quantize.h); each group of 16
 // products sums code x code in fp32 and is scaled by (activation scale x weight scale) of its K
 // position, which one 16-group never straddles (16 divides the 128 of the block scheme).
 //   gate_up:  h[r][n] = act(a[r] . gate[n]) * (a[r] . up[n]) in fp32 (quantised afterwards)
@@ -13,7 +11,6 @@
 
 #include <cstdint>
 
-#include "cuda/fp8_quantize.h"
 #include "cuda/gemm/expert_rows.h"
 #include "cuda/gemm/fp8_gemm_args.h"
 
@@ -22,13 +19,7 @@ namespace ironmoe::cuda::gemm {
 // K a multiple of 16, 16-byte aligned codes: what the kernels need (else the CUDA-core GEMM).
 bool stream_fp8_supports(int64_t hidden, int64_t intermediate, const void* w13, const void* w2,
                          int64_t local_experts);
-// Whether stream_fp8_gemm can quantise its input itself from `values`: decode sizes (at most 32
-// rows), rows of bf16, f16 or f32 values readable in 16-byte accesses, not a gate_up buffer.
-bool stream_fp8_quantises(int64_t num_rows, const Fp8RowSource& values);
-// One GEMM (args.gated: gate/up, else down). With `values` (stream_fp8_quantises true), the input
-// rows are read from there and quantised per args.quant as fp8_quantize_rows would (fp8_tensor:
-// with the scale at args.a_scales.data); args.a and the row scales are not read.
-void stream_fp8_gemm(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream,
-                     const Fp8RowSource* values = nullptr);
+// One GEMM (args.gated: gate/up, else down).
+void stream_fp8_gemm(const ExpertRows& rows, const Fp8GemmArgs& args, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm
