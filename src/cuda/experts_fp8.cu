@@ -189,10 +189,11 @@ gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers
   return gemm1;
 }
 
-// The Hopper FP8 GEMMs' tile shape (gemm/sm90_shape.h): wide, unless IRONMOE_SM90_FP8_SHAPE is
-// few_rows (an experiment not yet measured; read at every call, so a test can switch it).
-gemm::Sm90Shape fp8_sm90_shape() {
-  return gemm::sm90_shape_named(std::getenv("IRONMOE_SM90_FP8_SHAPE"), gemm::Sm90Shape::wide);
+// The Hopper FP8 GEMMs' tile shape (gemm::sm90_fp8_shape_for), unless IRONMOE_SM90_FP8_SHAPE is
+// wide or few_rows (read at every call, so a test can force either shape in one process).
+gemm::Sm90Shape fp8_sm90_shape(int64_t rows_total, int64_t local_experts) {
+  return gemm::sm90_shape_named(std::getenv("IRONMOE_SM90_FP8_SHAPE"),
+                                gemm::sm90_fp8_shape_for(rows_total, local_experts));
 }
 
 void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scratch,
@@ -210,7 +211,7 @@ void run_hopper(const ExpertArgs& args, const gemm::ExpertRows& rows, char* scra
   // Both problem lists (and the unit weight scales of the schemes without block scales), in
   // either phase: a down call alone finds them written.
   void* lists[2] = {scratch + layout.gemm1_list, scratch + layout.gemm2_list};
-  const gemm::Sm90Shape shape = fp8_sm90_shape();
+  const gemm::Sm90Shape shape = fp8_sm90_shape(rows.num_rows, rows.num_experts);
   gemm::sm90_fp8_write_problem_lists(
       shape, rows, gemms, lists, scratch + layout.workspace, layout.workspace_bytes,
       reinterpret_cast<float*>(scratch + layout.ones),

@@ -718,14 +718,15 @@ TEST_F(Fp8Sizes, AroundEightThousandTokensOnTheGroupedGemm) {
   run_every_scheme({8191, 8192, 8193}, grouped_gemm_config_to_8193, stream());
 }
 
-// The few_rows tile shape of the Hopper FP8 GEMM (gemm/sm90_shape.h; IRONMOE_SM90_FP8_SHAPE=
-// few_rows, not yet the default): the stage alone against the CPU stage, and every scheme's layer
-// at the sizes around 8192 tokens.
-class Fp8FewRows : public CudaTest {
+// Each tile shape of the Hopper FP8 GEMM forced (gemm/sm90_shape.h, IRONMOE_SM90_FP8_SHAPE),
+// where the rule (gemm::sm90_fp8_shape_for: few_rows up to 16 rows per local expert) would take
+// the other one in places: the stage alone against the CPU stage (25 rows per expert), and every
+// scheme's layer at the sizes around 8192 tokens and at 16 tokens (4 rows per expert).
+class Fp8ForcedShape : public CudaTestWithParam<std::string> {
  protected:
   void SetUp() override {
     CudaTest::SetUp();
-    setenv("IRONMOE_SM90_FP8_SHAPE", "few_rows", 1);
+    setenv("IRONMOE_SM90_FP8_SHAPE", GetParam().c_str(), 1);
   }
   void TearDown() override {
     unsetenv("IRONMOE_SM90_FP8_SHAPE");
@@ -733,12 +734,16 @@ class Fp8FewRows : public CudaTest {
   }
 };
 
-TEST_F(Fp8FewRows, ExpertsStageAloneEqualsTheCpuStage) {
+std::string shape_name(const ::testing::TestParamInfo<std::string>& shape) { return shape.param; }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Fp8ForcedShape, ::testing::Values("wide", "few_rows"), shape_name);
+
+TEST_P(Fp8ForcedShape, ExpertsStageAloneEqualsTheCpuStage) {
   expect_stage_equals_cpu_stage(ExpertKernel::grouped_gemm, stream());
 }
 
-TEST_F(Fp8FewRows, AroundEightThousandTokensOnTheGroupedGemm) {
-  run_every_scheme({8191, 8192, 8193}, grouped_gemm_config_to_8193, stream());
+TEST_P(Fp8ForcedShape, AroundEightThousandTokensOnTheGroupedGemm) {
+  run_every_scheme({16, 8191, 8192, 8193}, grouped_gemm_config_to_8193, stream());
 }
 
 }  // namespace

@@ -32,6 +32,17 @@ namespace ironmoe::cuda::gemm {
 
 inline constexpr int64_t kSm90Fp8ScaleBlock = 128;
 
+// The tile shape: few_rows up to this many permuted rows per local expert on average, else wide.
+// Measured on an H200 with either shape forced (docs/performance.md, session 22, fp8-block):
+// few_rows 25% faster for qwen3-30b-a3b at 16 and 64 tokens (1 and 4 rows per expert) and 20% at
+// 256 (16 rows); 32%, 28% and 17% faster for deepseek-v3 at 16, 64 and 256 tokens (0.5, 2 and 8
+// rows). Above 16 rows per expert not yet measured, so wide stays there.
+inline constexpr int64_t kSm90Fp8FewRowsMaxAverage = 16;
+inline Sm90Shape sm90_fp8_shape_for(int64_t rows_total, int64_t local_experts) {
+  return rows_total <= kSm90Fp8FewRowsMaxAverage * local_experts ? Sm90Shape::few_rows
+                                                                 : Sm90Shape::wide;
+}
+
 // Where the activation scale of (row `r` of an expert whose rows start at `begin` and number
 // `count`, K block `kb`) lies, for K blocks `kb_count`.
 IRONMOE_HD int64_t sm90_fp8_activation_scale_index(int64_t begin, int64_t count, int64_t r,
