@@ -742,7 +742,7 @@ TEST_P(Fp8ForcedShape, ExpertsStageAloneEqualsTheCpuStage) {
   expect_stage_equals_cpu_stage(ExpertKernel::grouped_gemm, stream());
 }
 
-TEST_P(Fp8ForcedShape, AroundEightThousandTokensOnTheGroupedGemm) {
+TEST_P(Fp8ForcedShape, SixteenAndAroundEightThousandTokensOnTheGroupedGemm) {
   run_every_scheme({16, 8191, 8192, 8193}, grouped_gemm_config_to_8193, stream());
 }
 
