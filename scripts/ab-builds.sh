@@ -3,7 +3,7 @@
 # ironmoe-bench run once per build and round, the builds alternating within each round (so drift
 # of clocks or temperature falls on both alike), then one line per (preset, tokens) with each
 # build's median over the rounds and the change of the tree against the base
-# (scripts/ab_summary.py).
+# (scripts/ab_summary.py); stopped by a time limit or ^C, the summary of the runs that finished.
 #
 #   scripts/ab-builds.sh prepare REV      where git is: the sources of REV into ab-base/
 #                                         (git-ignored; a device call carries it with
@@ -51,17 +51,17 @@ echo "== building ab-base/ and the tree" >&2
 build_bench ab-base build-ab-base
 cp ab-base/.ab-revision build-ab-base/.ab-revision 2>/dev/null || true
 build_bench . build-ab-tree
+# shellcheck source=scripts/ab_rounds.sh
+source "$root/scripts/ab_rounds.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+ab_init build "$work" base tree
 for ((round = 1; round <= rounds; ++round)); do
   for variant in base tree; do
     echo "== $variant, round $round" >&2
     bench=build-ab-tree/tools/ironmoe-bench
     [ "$variant" = base ] && bench=build-ab-base/tools/ironmoe-bench
-    if ! "$bench" "$@" --json "$work/$variant-$round.json" >"$work/$variant-$round.log" 2>&1; then
-      cat "$work/$variant-$round.log" >&2
-      exit 1
-    fi
+    ab_run "$variant" "$round" "$bench" "$@"
   done
 done
-python3 "$root/scripts/ab_summary.py" build "$work" base tree
+ab_summary
