@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/ab-env.sh and scripts/ab-builds.sh: runs each ironmoe-bench of an A/B in the
 # background and waits for it, so that a time limit's TERM (or ^C) stops the run at once and
 # still prints the rounds that finished (scripts/ab_summary.py) instead of losing all of them.
