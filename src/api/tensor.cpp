@@ -177,7 +177,15 @@ void check_tensor(const char* where, const char* name, const TensorView& tensor,
                 dtype_name(spec.dtype), ", got ", dtype_name(tensor.dtype));
   IRONMOE_CHECK(tensor.device == device, where, name, ": expected a tensor on ",
                 api::device_string(device), ", got one on ", api::device_string(tensor.device));
-  if (tensor.numel() == 0) return;  // nothing is read or written: any pointer and strides do
+  // Backends turn a row stride into bytes whatever the row count (a single row's stride is never
+  // used to step, but it is still multiplied), so every stride must count bytes in int64.
+  const auto element = static_cast<int64_t>(dtype_size(tensor.dtype));
+  for (int d = 0; d < tensor.ndim; ++d) {
+    const int64_t stride = tensor.strides[d];
+    IRONMOE_CHECK(stride >= -(INT64_MAX / element) && stride <= INT64_MAX / element, where, name,
+                  ": stride ", stride, " of dimension ", d, " is more bytes than int64 can count");
+  }
+  if (tensor.numel() == 0) return;  // nothing is read or written: any pointer will do
   IRONMOE_CHECK(tensor.data != nullptr, where, name, ": expected data for shape ",
                 tensor.shape_string(), ", got a null pointer");
   int64_t bytes = 0;

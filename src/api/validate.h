@@ -46,7 +46,11 @@ struct ByteRange {
 ByteRange byte_range(const char* name, const TensorView& view);
 inline ByteRange byte_range(const char* name, const void* data, size_t bytes) {
   const auto begin = reinterpret_cast<uintptr_t>(data);
-  return {name, begin, data == nullptr ? begin : begin + bytes};
+  if (data == nullptr) return {name, begin, begin};
+  // A caller-declared size (a scratch's) may run past the address space: the range then ends at
+  // its top instead of wrapping below begin, where every overlap test would miss it.
+  const uintptr_t room = UINTPTR_MAX - begin;
+  return {name, begin, bytes > room ? UINTPTR_MAX : begin + static_cast<uintptr_t>(bytes)};
 }
 
 // `written` shares no byte with any of `others` (reads may share bytes with reads; a buffer the

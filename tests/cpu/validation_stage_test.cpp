@@ -377,6 +377,51 @@ TEST(StageValidation, OutputsSharingMemoryWithAnotherArgumentAreRefused) {
                       "input scale inside x");
 }
 
+// Backends turn a row stride into bytes even where one row or none never steps by it, so a stride
+// whose bytes overflow int64 is refused for those too (UBSan found the product in the CPU route).
+TEST(StageValidation, StridesBeyondInt64BytesAreRefusedForOneRowOrNone) {
+  Buffers b;
+  for (const int64_t rows : {int64_t{1}, int64_t{0}}) {
+    for (const int64_t stride : {INT64_MAX, INT64_MIN, INT64_MAX / 4 + 1}) {
+      RouteArgs bad = valid_route(b);
+      bad.logits = f32(b.logits, {rows, kExperts});
+      bad.logits.strides[0] = stride;
+      bad.topk_ids = i32(b.ids, {rows, kTopK});
+      bad.topk_weights = f32(b.weights, {rows, kTopK});
+      expect_error_naming(
+          [&] { route(RoutingConfig{}, bad, Stream::cpu()); }, {"logits", "stride", "int64"},
+          "route logits stride " + std::to_string(stride) + ", " + std::to_string(rows) + " rows");
+    }
+  }
+  // The largest stride whose bytes fit is a stride like any other for one row.
+  RouteArgs ok = valid_route(b);
+  ok.logits = f32(b.logits, {1, kExperts});
+  ok.logits.strides[0] = INT64_MAX / 4;
+  ok.topk_ids = i32(b.ids, {1, kTopK});
+  ok.topk_weights = f32(b.weights, {1, kTopK});
+  EXPECT_NO_THROW(route(RoutingConfig{}, ok, Stream::cpu()));
+}
+
+// A scratch declared larger than the address space above its start still overlaps every argument
+// there: its byte range ends at the top instead of wrapping below its start, where the overlap
+// test missed it and the stage wrote over the weights.
+TEST(StageValidation, ScratchPastTheAddressSpaceStillOverlapsWhatLiesAboveIt) {
+  Buffers b;
+  std::vector<float> out(kRows * kHidden, 0.0f);
+  ExpertArgs args;
+  args.permuted_in = f32(b.permuted, {kRows, kHidden});
+  args.expert_offsets = i32(b.offsets, {kExperts});
+  args.expert_counts = i32(b.counts, {kExperts});
+  args.w13 = f32(b.w13, {kExperts, 2 * kInter, kHidden});
+  args.w2 = f32(b.w2, {kExperts, kHidden, kInter});
+  args.intermediate = f32(b.inter, {kRows, kInter});
+  args.permuted_out = f32(out, {kRows, kHidden});
+  args.scratch = b.w13.data();
+  args.scratch_bytes = SIZE_MAX;
+  expect_error_naming([&] { experts(args, Stream::cpu()); }, {"scratch", "overlaps"},
+                      "a scratch of SIZE_MAX bytes starting in w13");
+}
+
 // num_valid_tokens and diagnostics are loaded and updated as int32 (atomically, for diagnostics):
 // a pointer off int32 alignment is refused with its name instead of faulting in a kernel.
 TEST(StageValidation, MisalignedInt32SideBuffersAreRefused) {
