@@ -124,8 +124,9 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
                                                quant, w1_scale, w2_scale, a1_scale, a2_scale)
     if not torch.compiler.is_compiling() and (out.is_neg() or out.is_conj()):
         # PyTorch's eager math-bits fallback cannot write back through such a view (an internal
-        # assert, then a corrupted heap), so it is refused before the op. Compiled graphs do not
-        # reach that fallback, and Dynamo cannot trace the bit tests (fullgraph=True failed).
+        # assert, then a corrupted heap). The registered op refuses it too (its Negative and
+        # Conjugate kernels, python/src/torch_ops.cpp); here the message comes before any
+        # dispatch. Dynamo cannot trace the bit tests (fullgraph=True failed).
         raise RuntimeError("ironmoe.fused_experts: out: expected a tensor without the lazy "
                            "negation or conjugation bit; pass out.resolve_neg() or a fresh tensor")
     torch.ops.ironmoe.fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids,

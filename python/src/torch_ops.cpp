@@ -317,6 +317,30 @@ void fused_experts_out_inplace(const c10::OperatorHandle& op, c10::DispatchKeySe
   torch::autograd::impl::bump_version(out);
 }
 
+// fused_experts_out where a tensor carries PyTorch's lazy negation or conjugation bit
+// (torch._neg_view, conj views). PyTorch's fallback for those bits cannot write back through out
+// for this op (an internal assert, then a corrupted heap, when the op was called directly): out
+// with either bit is refused by name, inputs with one are resolved here, as the fallback would
+// resolve them, and the call goes on below both keys.
+void fused_experts_out_math_bits(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                                 torch::jit::Stack* stack) {
+  const at::Tensor out = stack->back().toTensor();
+  if (out.is_neg() || out.is_conj()) {
+    throw Error(
+        "ironmoe::fused_experts: out: expected a tensor without the lazy negation or conjugation "
+        "bit; pass out.resolve_neg() or a fresh tensor");
+  }
+  const size_t arguments = op.schema().arguments().size();
+  for (size_t i = stack->size() - arguments; i + 1 < stack->size(); ++i) {
+    c10::IValue& argument = (*stack)[i];
+    if (!argument.isTensor()) continue;
+    const at::Tensor tensor = argument.toTensor();
+    if (tensor.is_neg() || tensor.is_conj()) argument = tensor.resolve_conj().resolve_neg();
+  }
+  op.redispatchBoxed(keys.remove(c10::DispatchKey::Negative).remove(c10::DispatchKey::Conjugate),
+                     stack);
+}
+
 // Whether these ops accept CUDA tensors (the package was built with the CUDA backend).
 bool cuda_enabled() { return IRONMOE_TORCH_CUDA != 0; }
 
@@ -362,6 +386,16 @@ TORCH_LIBRARY_IMPL(ironmoe, ADInplaceOrView, m) {
   m.impl(
       "fused_experts_out",
       torch::CppFunction::makeFromBoxedFunction<&ironmoe::torch_ops::fused_experts_out_inplace>());
+}
+
+TORCH_LIBRARY_IMPL(ironmoe, Negative, m) {
+  m.impl("fused_experts_out", torch::CppFunction::makeFromBoxedFunction<
+                                  &ironmoe::torch_ops::fused_experts_out_math_bits>());
+}
+
+TORCH_LIBRARY_IMPL(ironmoe, Conjugate, m) {
+  m.impl("fused_experts_out", torch::CppFunction::makeFromBoxedFunction<
+                                  &ironmoe::torch_ops::fused_experts_out_math_bits>());
 }
 
 #if IRONMOE_TORCH_CUDA

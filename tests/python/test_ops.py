@@ -150,6 +150,19 @@ def test_bad_arguments_raise_with_the_argument_named(gen, call, message):
         call(x, w1, w2, weights, ids)
 
 
+def test_registered_out_op_refuses_a_lazy_negation_out(gen):
+    # The op itself, not only the Python wrapper: PyTorch's math-bits fallback would assert and
+    # corrupt the heap writing back through such an out.
+    x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
+    weights = torch.rand(4, 2, generator=gen)
+    ids = torch.randint(0, 4, (4, 2), generator=gen, dtype=torch.int32)
+    out = torch.zeros_like(x)
+    with pytest.raises(RuntimeError, match="out: expected a tensor without the lazy negation"):
+        torch.ops.ironmoe.fused_experts_out(x, w1, w2, weights, ids, "silu", -1, 0, "none", None,
+                                            None, None, None, torch._neg_view(out))
+    assert torch.equal(out, torch.zeros_like(x))
+
+
 def test_out_bumps_the_version_counter(gen):
     x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
     weights, ids = ironmoe.route(torch.randn(4, 4, generator=gen), 2)
@@ -192,6 +205,9 @@ def test_lazy_negation_inputs_are_read_negated(gen):
     ids = distinct_ids(gen, 6, 4, 2)
     expected = ironmoe.fused_experts(-x, w1, w2, weights, ids)
     assert torch.equal(ironmoe.fused_experts(torch._neg_view(x), w1, w2, weights, ids), expected)
+    out = torch.full_like(x, float("nan"))
+    ironmoe.fused_experts(torch._neg_view(x), w1, w2, weights, ids, out=out)
+    assert torch.equal(out, expected)
     logits = torch.randn(6, 4, generator=gen)
     assert all(torch.equal(a, b) for a, b in zip(ironmoe.route(torch._neg_view(logits), 2),
                                                   ironmoe.route(-logits, 2)))
