@@ -112,6 +112,13 @@ void MoeConfig::validate() const {
                 static_cast<int>(quant));
   IRONMOE_CHECK(layout == Layout::contiguous || layout == Layout::batched, where,
                 "layout: expected contiguous or batched, got ", static_cast<int>(layout));
+  // Checked here too, not only by the experts stage, so a Layer refuses it before any work is
+  // queued (E1).
+  IRONMOE_CHECK(
+      expert_kernel == ExpertKernel::automatic || expert_kernel == ExpertKernel::grouped_gemm ||
+          expert_kernel == ExpertKernel::weight_stream || expert_kernel == ExpertKernel::cuda_cores,
+      where, "expert_kernel: expected automatic, grouped_gemm, weight_stream or ",
+      "cuda_cores, got ", static_cast<int>(expert_kernel));
   IRONMOE_CHECK(batched_capacity >= 0, where, "batched_capacity: expected >= 0 (0: max_tokens), ",
                 "got ", batched_capacity);
   if (layout == Layout::batched) {

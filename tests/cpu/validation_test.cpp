@@ -223,6 +223,8 @@ TEST(Validation, ConfigNamesTheBadField) {
       {"scaling NaN", [](MoeConfig& c) { c.routing.routed_scaling_factor = std::nanf(""); },
        "routed_scaling_factor"},
       {"batched_capacity < 0", [](MoeConfig& c) { c.batched_capacity = -1; }, "batched_capacity"},
+      {"expert_kernel not one of the four",
+       [](MoeConfig& c) { c.expert_kernel = static_cast<ExpertKernel>(7); }, "expert_kernel"},
       {"dtype i32", [](MoeConfig& c) { c.dtype = DType::i32; }, "dtype"},
       {"dtype f16 on the CPU", [](MoeConfig& c) { c.dtype = DType::f16; }, "dtype"},
   };
