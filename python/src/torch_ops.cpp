@@ -216,7 +216,13 @@ void fused_experts_out(const at::Tensor& hidden_states, const at::Tensor& w1, co
   check_ranks(hidden_states, w1, w2, topk_ids);
   const int64_t tokens = hidden_states.size(0);
   const int64_t local_experts = w1.size(0);
-  const int64_t num_experts = global_num_experts < 0 ? local_experts : global_num_experts;
+  if (global_num_experts < -1) {
+    throw Error(
+        "ironmoe: global_num_experts: expected -1 (the local expert count) "
+        "or the number of experts, got " +
+        std::to_string(global_num_experts));
+  }
+  const int64_t num_experts = global_num_experts == -1 ? local_experts : global_num_experts;
 
   MoeConfig config;
   config.hidden = hidden_states.size(1);

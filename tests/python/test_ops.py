@@ -137,6 +137,9 @@ def test_fused_moe_is_route_then_fused_experts(gen):
     (lambda x, w1, w2, w, i: ironmoe.route(w, 1, scoring="grouped",
                                            correction_bias=torch.zeros(2, device="meta")),
      "correction_bias: expected a tensor on cpu"),
+    # -1 is the default (the local count); other negative counts are errors, not the default.
+    (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w, i, global_num_experts=-5),
+     "global_num_experts: expected -1"),
     # A lazy-negation out cannot be written through (PyTorch's fallback asserts).
     (lambda x, w1, w2, w, i: ironmoe.fused_experts(x, w1, w2, w, i,
                                                    out=torch._neg_view(torch.empty_like(x))),
