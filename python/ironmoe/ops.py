@@ -122,13 +122,8 @@ def fused_experts(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tenso
         return torch.ops.ironmoe.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids,
                                                activation, global_num_experts, expert_begin,
                                                quant, w1_scale, w2_scale, a1_scale, a2_scale)
-    if not torch.compiler.is_compiling() and (out.is_neg() or out.is_conj()):
-        # PyTorch's eager math-bits fallback cannot write back through such a view (an internal
-        # assert, then a corrupted heap). The registered op refuses it too (its Negative and
-        # Conjugate kernels, python/src/torch_ops.cpp); here the message comes before any
-        # dispatch. Dynamo cannot trace the bit tests (fullgraph=True failed).
-        raise RuntimeError("ironmoe.fused_experts: out: expected a tensor without the lazy "
-                           "negation or conjugation bit; pass out.resolve_neg() or a fresh tensor")
+    # An out with the lazy negation or conjugation bit is refused by the op itself (its Negative
+    # and Conjugate kernels, python/src/torch_ops.cpp), eager and compiled alike.
     torch.ops.ironmoe.fused_experts_out(hidden_states, w1, w2, topk_weights, topk_ids,
                                         activation, global_num_experts, expert_begin, quant,
                                         w1_scale, w2_scale, a1_scale, a2_scale, out)

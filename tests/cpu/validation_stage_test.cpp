@@ -58,6 +58,19 @@ PlanArgs valid_plan(Buffers& b) {
   return a;
 }
 
+// Experts arguments that work over b, writing `out` ([kRows, kHidden]).
+ExpertArgs experts_over(Buffers& b, std::vector<float>& out) {
+  ExpertArgs a;
+  a.permuted_in = f32(b.permuted, {kRows, kHidden});
+  a.expert_offsets = i32(b.offsets, {kExperts});
+  a.expert_counts = i32(b.counts, {kExperts});
+  a.w13 = f32(b.w13, {kExperts, 2 * kInter, kHidden});
+  a.w2 = f32(b.w2, {kExperts, kHidden, kInter});
+  a.intermediate = f32(b.inter, {kRows, kInter});
+  a.permuted_out = f32(out, {kRows, kHidden});
+  return a;
+}
+
 template <class Args>
 struct Case {
   const char* what;
@@ -346,26 +359,15 @@ TEST(StageValidation, OutputsSharingMemoryWithAnotherArgumentAreRefused) {
     b.counts[static_cast<size_t>(e)] = 2;
   }
   for (size_t i = 0; i < b.permuted.size(); ++i) b.permuted[i] = 0.01f * static_cast<float>(i % 17);
-  const auto expert_args = [&](std::vector<float>& out) {
-    ExpertArgs a;
-    a.permuted_in = f32(b.permuted, {kRows, kHidden});
-    a.expert_offsets = i32(b.offsets, {kExperts});
-    a.expert_counts = i32(b.counts, {kExperts});
-    a.w13 = f32(b.w13, {kExperts, 2 * kInter, kHidden});
-    a.w2 = f32(b.w2, {kExperts, kHidden, kInter});
-    a.intermediate = f32(b.inter, {kRows, kInter});
-    a.permuted_out = f32(out, {kRows, kHidden});
-    return a;
-  };
   std::vector<float> separate(b.permuted.size(), 0.0f);
-  experts(expert_args(separate), Stream::cpu());
-  experts(expert_args(b.permuted), Stream::cpu());  // in place
+  experts(experts_over(b, separate), Stream::cpu());
+  experts(experts_over(b, b.permuted), Stream::cpu());  // in place
   EXPECT_EQ(b.permuted, separate) << "experts in place differs from a separate permuted_out";
-  ExpertArgs experts_bad = expert_args(separate);
+  ExpertArgs experts_bad = experts_over(b, separate);
   experts_bad.intermediate = f32(b.w13, {kRows, kInter});
   expect_error_naming([&] { experts(experts_bad, Stream::cpu()); }, {"intermediate", "w13"},
                       "experts h over w13");
-  experts_bad = expert_args(separate);
+  experts_bad = experts_over(b, separate);
   experts_bad.permuted_out = f32(b.w2, {kRows, kHidden});
   expect_error_naming([&] { experts(experts_bad, Stream::cpu()); }, {"permuted_out", "w2"},
                       "experts out over w2");
@@ -381,25 +383,24 @@ TEST(StageValidation, OutputsSharingMemoryWithAnotherArgumentAreRefused) {
 // whose bytes overflow int64 is refused for those too (UBSan found the product in the CPU route).
 TEST(StageValidation, StridesBeyondInt64BytesAreRefusedForOneRowOrNone) {
   Buffers b;
+  const auto route_over = [&](int64_t rows, int64_t logits_stride) {
+    RouteArgs a = valid_route(b);
+    a.logits = f32(b.logits, {rows, kExperts});
+    a.logits.strides[0] = logits_stride;
+    a.topk_ids = i32(b.ids, {rows, kTopK});
+    a.topk_weights = f32(b.weights, {rows, kTopK});
+    return a;
+  };
   for (const int64_t rows : {int64_t{1}, int64_t{0}}) {
     for (const int64_t stride : {INT64_MAX, INT64_MIN, INT64_MAX / 4 + 1}) {
-      RouteArgs bad = valid_route(b);
-      bad.logits = f32(b.logits, {rows, kExperts});
-      bad.logits.strides[0] = stride;
-      bad.topk_ids = i32(b.ids, {rows, kTopK});
-      bad.topk_weights = f32(b.weights, {rows, kTopK});
+      const RouteArgs bad = route_over(rows, stride);
       expect_error_naming(
           [&] { route(RoutingConfig{}, bad, Stream::cpu()); }, {"logits", "stride", "int64"},
           "route logits stride " + std::to_string(stride) + ", " + std::to_string(rows) + " rows");
     }
   }
   // The largest stride whose bytes fit is a stride like any other for one row.
-  RouteArgs ok = valid_route(b);
-  ok.logits = f32(b.logits, {1, kExperts});
-  ok.logits.strides[0] = INT64_MAX / 4;
-  ok.topk_ids = i32(b.ids, {1, kTopK});
-  ok.topk_weights = f32(b.weights, {1, kTopK});
-  EXPECT_NO_THROW(route(RoutingConfig{}, ok, Stream::cpu()));
+  EXPECT_NO_THROW(route(RoutingConfig{}, route_over(1, INT64_MAX / 4), Stream::cpu()));
 }
 
 // A scratch declared larger than the address space above its start still overlaps every argument
@@ -408,14 +409,7 @@ TEST(StageValidation, StridesBeyondInt64BytesAreRefusedForOneRowOrNone) {
 TEST(StageValidation, ScratchPastTheAddressSpaceStillOverlapsWhatLiesAboveIt) {
   Buffers b;
   std::vector<float> out(kRows * kHidden, 0.0f);
-  ExpertArgs args;
-  args.permuted_in = f32(b.permuted, {kRows, kHidden});
-  args.expert_offsets = i32(b.offsets, {kExperts});
-  args.expert_counts = i32(b.counts, {kExperts});
-  args.w13 = f32(b.w13, {kExperts, 2 * kInter, kHidden});
-  args.w2 = f32(b.w2, {kExperts, kHidden, kInter});
-  args.intermediate = f32(b.inter, {kRows, kInter});
-  args.permuted_out = f32(out, {kRows, kHidden});
+  ExpertArgs args = experts_over(b, out);
   args.scratch = b.w13.data();
   args.scratch_bytes = SIZE_MAX;
   expect_error_naming([&] { experts(args, Stream::cpu()); }, {"scratch", "overlaps"},

@@ -31,8 +31,7 @@ namespace ironmoe::cuda::gemm {
 // tile re-reads weights that have left L2); 39-289% slower at 32-64.
 inline constexpr int64_t kSm90FewRowsMaxAverage = 6;
 inline Sm90Shape sm90_bf16_shape_for(int64_t rows_total, int64_t local_experts) {
-  return rows_total <= kSm90FewRowsMaxAverage * local_experts ? Sm90Shape::few_rows
-                                                              : Sm90Shape::wide;
+  return sm90_shape_for(rows_total, local_experts, kSm90FewRowsMaxAverage);
 }
 
 struct Sm90GemmOperands {

@@ -39,8 +39,7 @@ inline constexpr int64_t kSm90Fp8ScaleBlock = 128;
 // rows). Above 16 rows per expert not yet measured, so wide stays there.
 inline constexpr int64_t kSm90Fp8FewRowsMaxAverage = 16;
 inline Sm90Shape sm90_fp8_shape_for(int64_t rows_total, int64_t local_experts) {
-  return rows_total <= kSm90Fp8FewRowsMaxAverage * local_experts ? Sm90Shape::few_rows
-                                                                 : Sm90Shape::wide;
+  return sm90_shape_for(rows_total, local_experts, kSm90Fp8FewRowsMaxAverage);
 }
 
 // Where the activation scale of (row `r` of an expert whose rows start at `begin` and number

@@ -23,6 +23,13 @@ inline Sm90Shape sm90_shape_named(const char* name, Sm90Shape otherwise) {
   return otherwise;
 }
 
+// few_rows up to `few_rows_max_average` permuted rows per local expert on average, else wide: the
+// form of both GEMMs' measured rules (sm90_bf16_shape_for, sm90_fp8_shape_for).
+inline Sm90Shape sm90_shape_for(int64_t rows_total, int64_t local_experts,
+                                int64_t few_rows_max_average) {
+  return rows_total <= few_rows_max_average * local_experts ? Sm90Shape::few_rows : Sm90Shape::wide;
+}
+
 // IRONMOE_SM90_FEW_ROWS_RASTER=along_n (an experiment, not yet measured): few_rows' tiles step
 // along the expert's row tiles first, so an expert with more than one row tile has them computed
 // side by side and each weight tile read from memory once; the grouped tile scheduler's default,
