@@ -75,11 +75,12 @@ bool sm90_shapes(DType dtype, int64_t hidden, int64_t intermediate) {
   return dtype == DType::bf16 && hidden % 8 == 0 && intermediate % 8 == 0;
 }
 
-// The Hopper GEMMs' tile shape (gemm::sm90_bf16_shape_for), unless IRONMOE_SM90_BF16_SHAPE is
-// wide or few_rows (for A/B measurements of the choice).
+// The Hopper GEMMs' tile shape (gemm::sm90_bf16_shape_for), unless IRONMOE_SM90_BF16_SHAPE names
+// one (gemm/sm90_shape.h; for A/B measurements of the choice; read at every call, so a test can
+// force each shape in one process).
 gemm::Sm90Shape sm90_shape(int64_t rows_total, int64_t local_experts) {
-  static const char* const forced = std::getenv("IRONMOE_SM90_BF16_SHAPE");
-  return gemm::sm90_shape_named(forced, gemm::sm90_bf16_shape_for(rows_total, local_experts));
+  return gemm::sm90_shape_named(std::getenv("IRONMOE_SM90_BF16_SHAPE"),
+                                gemm::sm90_bf16_shape_for(rows_total, local_experts));
 }
 
 constexpr const char* kKernelArgument = "kernel (config.expert_kernel)";

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <ostream>
 #include <random>
@@ -440,6 +441,60 @@ std::vector<ExpertCase> all_cases() {
 INSTANTIATE_TEST_SUITE_P(Cases, ExpertsVsCpu, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<ExpertCase>& param) {
                            return param.param.name;
+                         });
+
+// Each tile shape of the Hopper bf16 GEMM forced (gemm/sm90_shape.h, IRONMOE_SM90_BF16_SHAPE)
+// on every bf16 case the rule sends to that GEMM, whichever shape the rule would take: tile edges,
+// one column tile where wide_paired runs its tiles in pairs, empty experts, batched rows.
+struct ForcedShapeCase {
+  std::string shape;
+  ExpertCase expert_case;
+};
+
+class Bf16ForcedShape : public CudaTestWithParam<ForcedShapeCase> {
+ protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    setenv("IRONMOE_SM90_BF16_SHAPE", GetParam().shape.c_str(), 1);
+  }
+  void TearDown() override {
+    unsetenv("IRONMOE_SM90_BF16_SHAPE");
+    CudaTest::TearDown();
+  }
+};
+
+TEST_P(Bf16ForcedShape, MatchesCpuAndLeavesOtherRowsUntouched) {
+  const ExpertCase& c = GetParam().expert_case;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  ExpertProblem problem(c, stream());
+  problem.fill(seed, make_ranges(c));
+  problem.poison_outputs();
+  problem.run_gpu();
+  sync();
+  problem.expect_matches_cpu(cpu());
+}
+
+std::vector<ForcedShapeCase> forced_shape_cases() {
+  const std::set<std::string> names = {"bf16_small_contiguous_silu", "bf16_small_batched_gelu",
+                                       "bf16_few_rows_tile_edges",   "bf16_wide_tile_edges",
+                                       "bf16_all_experts_empty",     "bf16_qwen3_30b_a3b_shape",
+                                       "bf16_deepseek_v3_shape"};
+  std::vector<ForcedShapeCase> cases;
+  for (const char* shape : {"wide", "few_rows", "wide_paired"}) {
+    for (ExpertCase c : all_cases()) {
+      if (names.count(c.name) == 0 || c.kernel != ExpertKernel::automatic) continue;
+      c.kernel = ExpertKernel::grouped_gemm;
+      c.name = std::string(shape) + "_" + c.name;
+      cases.push_back({shape, c});
+    }
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Bf16ForcedShape, ::testing::ValuesIn(forced_shape_cases()),
+                         [](const ::testing::TestParamInfo<ForcedShapeCase>& param) {
+                           return param.param.expert_case.name;
                          });
 
 class ExpertsCuda : public CudaTest {};
