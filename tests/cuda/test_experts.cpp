@@ -445,7 +445,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, ExpertsVsCpu, ::testing::ValuesIn(all_cases()),
 
 // Each tile shape of the Hopper bf16 GEMM forced (gemm/sm90_shape.h, IRONMOE_SM90_BF16_SHAPE)
 // on every bf16 case the rule sends to that GEMM, whichever shape the rule would take: tile edges,
-// one column tile where wide_paired runs its tiles in pairs, empty experts, batched rows.
+// a single column tile, empty experts, batched rows.
 struct ForcedShapeCase {
   std::string shape;
   ExpertCase expert_case;
@@ -481,7 +481,7 @@ std::vector<ForcedShapeCase> forced_shape_cases() {
                                        "bf16_all_experts_empty",     "bf16_qwen3_30b_a3b_shape",
                                        "bf16_deepseek_v3_shape"};
   std::vector<ForcedShapeCase> cases;
-  for (const char* shape : {"wide", "few_rows", "wide_paired"}) {
+  for (const char* shape : {"wide", "few_rows"}) {
     for (ExpertCase c : all_cases()) {
       if (names.count(c.name) == 0 || c.kernel != ExpertKernel::automatic) continue;
       c.kernel = ExpertKernel::grouped_gemm;

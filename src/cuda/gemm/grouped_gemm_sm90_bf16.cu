@@ -29,9 +29,8 @@ size_t sm90_bf16_problem_list_bytes(int64_t num_experts) {
 }
 
 size_t sm90_bf16_workspace_bytes(int sm_count) {
-  return std::max({sm90_bf16::workspace_bytes_wide(sm_count),
-                   sm90_bf16::workspace_bytes_few_rows(sm_count),
-                   sm90_bf16::workspace_bytes_wide_paired(sm_count)});
+  return std::max(sm90_bf16::workspace_bytes_wide(sm_count),
+                  sm90_bf16::workspace_bytes_few_rows(sm_count));
 }
 
 void sm90_bf16_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
@@ -50,9 +49,6 @@ void sm90_bf16_grouped_gemm(Sm90Shape shape, int64_t num_experts, const void* li
                             int device_index, int sm_count, cudaStream_t stream) {
   if (shape == Sm90Shape::few_rows) {
     sm90_bf16::grouped_gemm_few_rows(num_experts, list, workspace, device_index, sm_count, stream);
-  } else if (shape == Sm90Shape::wide_paired) {
-    sm90_bf16::grouped_gemm_wide_paired(num_experts, list, workspace, device_index, sm_count,
-                                        stream);
   } else {
     sm90_bf16::grouped_gemm_wide(num_experts, list, workspace, device_index, sm_count, stream);
   }

@@ -10,10 +10,9 @@
 // 128x128x64 (cooperative) and 64x128x64 (ping-pong) within ~5% up to 1024 tokens, where the GEMMs
 // stream weights at ~2.7 TB/s, and beats them by 20-40% from 4096 tokens on; a 2x1 cluster lost
 // 30-50% everywhere (each group's M tiles are rounded up to the cluster, which costs whole empty
-// tiles when experts have few rows); 1x2 along N is wide_paired, an experiment. A ping-pong
-// 128x128x64 configuration (one consumer warp group per tile, epilogues overlapping the other
-// group's main loop) lost too, on 2026-11-24 for GEMM2 alone (short K = I) by 0-35% and for both
-// GEMMs by up to 3x from 1024 tokens on, every preset.
+// tiles when experts have few rows). A ping-pong 128x128x64 configuration (one consumer warp group
+// per tile, epilogues overlapping the other group's main loop) lost too, on 2026-11-24 for GEMM2
+// alone (short K = I) by 0-35% and for both GEMMs by up to 3x from 1024 tokens on, every preset.
 //
 // few_rows (kFewRows true): the operands swapped, d^T = B_e @ a^T, so the weights are the
 // 128-row side of a tile and the expert's rows its 32-wide side: where an expert has a few rows
@@ -57,14 +56,11 @@ struct WorkspaceClear {
   int64_t count = 0;
 };
 
-// kClusterN: CTAs per cluster along N (sm90_shape.h's wide_paired: 2), wide tiles only; the
-// problem lists do not depend on it.
-template <bool kFewRows, int kClusterN = 1>
+template <bool kFewRows>
 struct Sm90Bf16Gemm {
-  static_assert(kClusterN == 1 || (kClusterN == 2 && !kFewRows), "pairs of wide tiles only");
   using TileShape = std::conditional_t<kFewRows, cute::Shape<cute::_128, cute::_32, cute::_64>,
                                        cute::Shape<cute::_128, cute::_256, cute::_64>>;
-  using ClusterShape = cute::Shape<cute::_1, cute::Int<kClusterN>, cute::_1>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 
@@ -262,13 +258,11 @@ __global__ void write_problem_lists_kernel(ExpertRows rows,
                                         expert);
 }
 
-template <bool kFewRows, int kClusterN>
-void Sm90Bf16Gemm<kFewRows, kClusterN>::write_problem_lists(const ExpertRows& rows,
-                                                            const Sm90GemmOperands* gemms,
-                                                            void* const* lists, int count,
-                                                            void* workspace, size_t workspace_bytes,
-                                                            cudaStream_t stream) {
-  static_assert(kClusterN == 1, "wide_paired runs on wide's lists");
+template <bool kFewRows>
+void Sm90Bf16Gemm<kFewRows>::write_problem_lists(const ExpertRows& rows,
+                                                 const Sm90GemmOperands* gemms, void* const* lists,
+                                                 int count, void* workspace, size_t workspace_bytes,
+                                                 cudaStream_t stream) {
   IRONMOE_CHECK(count >= 1 && count <= kMaxGemmsPerWrite, "experts",
                 "internal: expected 1 or 2 problem lists, got ", count);
   IRONMOE_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0 && workspace_bytes % 16 == 0,

@@ -1,7 +1,6 @@
 #pragma once
-// The instantiations of the Hopper bf16 grouped GEMM (grouped_gemm_sm90_bf16_gemm.cuh), one
-// translation unit each: wide tiles, swapped operands for experts with few rows, and wide tiles
-// in pairs.
+// The two instantiations of the Hopper bf16 grouped GEMM (grouped_gemm_sm90_bf16_gemm.cuh), one
+// translation unit each: wide tiles, and swapped operands for experts with few rows.
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -27,10 +26,5 @@ void write_problem_lists_few_rows(const ExpertRows& rows, const Sm90GemmOperands
                                   size_t workspace_bytes, cudaStream_t stream);
 void grouped_gemm_few_rows(int64_t num_experts, const void* list, void* workspace, int device_index,
                            int sm_count, cudaStream_t stream);
-
-// Wide tiles over 1 x 2 clusters (sm90_shape.h), on lists written by write_problem_lists_wide.
-size_t workspace_bytes_wide_paired(int sm_count);
-void grouped_gemm_wide_paired(int64_t num_experts, const void* list, void* workspace,
-                              int device_index, int sm_count, cudaStream_t stream);
 
 }  // namespace ironmoe::cuda::gemm::sm90_bf16

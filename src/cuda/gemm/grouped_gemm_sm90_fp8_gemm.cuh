@@ -13,8 +13,7 @@
 // while a tile holds one weight scale. A 128 x 256 tile (two weight scales per tile) does not
 // compile in CUTLASS 4.2 with either major-ness of the weight scales (tried, 2026-11-24:
 // fp8_accumulation.hpp's "Accumulator and scaleB must have same shape" for the 64x256 atom).
-// A 1x1 cluster, as for the bf16 GEMM (a cluster along M rounds each expert's M tiles up), or
-// 1x2 (wide_paired: two N tiles share their rows' tile by multicast).
+// A 1x1 cluster, as for the bf16 GEMM (a larger cluster rounds each expert's M tiles up).
 //
 // Included by exactly one translation unit per output type (each a heavy instantiation).
 #include <type_traits>
@@ -40,17 +39,15 @@ inline constexpr int kScaleBlock = 128;
 // [NB, KB] layout) and the rows B (a scale per row and K block, rows contiguous in each K block:
 // the same memory as the wide tile's M-major row scales), in 128 x 32 x 128 tiles; one weight
 // scale per tile and K block, as above.
-// kClusterN: CTAs per cluster along N (sm90_shape.h's wide_paired: 2), wide tiles only.
-template <class ElementD, bool kFewRows = false, int kClusterN = 1>
+template <class ElementD, bool kFewRows = false>
 struct Sm90Fp8Gemm {
-  static_assert(kClusterN == 1 || (kClusterN == 2 && !kFewRows), "pairs of wide tiles only");
   using Accumulator = float;
   static constexpr int kAlignmentAB = 16;  // E4M3 per 16 bytes (TMA)
   static constexpr int kAlignmentD = 16 / static_cast<int>(sizeof(ElementD));
 
   using TileShape = std::conditional_t<kFewRows, cute::Shape<cute::_128, cute::_32, cute::_128>,
                                        cute::Shape<cute::_128, cute::_128, cute::_128>>;
-  using ClusterShape = cute::Shape<cute::_1, cute::Int<kClusterN>, cute::_1>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using KernelSchedule =
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;

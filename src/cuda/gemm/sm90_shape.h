@@ -1,32 +1,25 @@
 #pragma once
-// The tile shapes of the Hopper grouped GEMMs (bf16: grouped_gemm_sm90.h, FP8:
+// The two tile shapes of the Hopper grouped GEMMs (bf16: grouped_gemm_sm90.h, FP8:
 // grouped_gemm_sm90_fp8.h).
 //   wide      tiles of 128 rows of an expert x the widest column block (bf16 256, FP8 128): the
 //             rows are the tile's M side;
 //   few_rows  the operands swapped (d^T = W_e a^T): 128 weight rows x 32 rows of an expert, for
 //             experts with a handful of rows each, whose 128-row tiles would be mostly empty. d is
 //             the same row-major [R, N] buffer, written as the column-major N x rows result.
-//   wide_paired  wide tiles run by clusters of two CTAs side by side along N (1 x 2): the pair
-//             loads its shared tile of rows from L2 once and multicasts it to both (TMA
-//             multicast). A 128 x 128 FP8 tile (or 128 x 256 bf16) at the tensor cores' rate asks
-//             L2 for about as many bytes per second as it gives, and the rows' tile is half of
-//             them (a third for bf16). Same problem lists as wide. An experiment, forced with
-//             IRONMOE_SM90_FP8_SHAPE / IRONMOE_SM90_BF16_SHAPE=wide_paired, until measured.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 namespace ironmoe::cuda::gemm {
 
-enum class Sm90Shape : uint8_t { wide, few_rows, wide_paired };
+enum class Sm90Shape : uint8_t { wide, few_rows };
 
-// The shape called `name` ("wide", "few_rows" or "wide_paired"), else `otherwise` (null included):
-// how the A/B switches IRONMOE_SM90_BF16_SHAPE and IRONMOE_SM90_FP8_SHAPE are read.
+// The shape called `name` ("wide" or "few_rows"), else `otherwise` (null included): how the
+// A/B switches IRONMOE_SM90_BF16_SHAPE and IRONMOE_SM90_FP8_SHAPE are read.
 inline Sm90Shape sm90_shape_named(const char* name, Sm90Shape otherwise) {
   if (name == nullptr) return otherwise;
   if (std::strcmp(name, "wide") == 0) return Sm90Shape::wide;
   if (std::strcmp(name, "few_rows") == 0) return Sm90Shape::few_rows;
-  if (std::strcmp(name, "wide_paired") == 0) return Sm90Shape::wide_paired;
   return otherwise;
 }
 
