@@ -189,8 +189,9 @@ gemm::Fp8GemmArgs gate_up_args(const ExpertArgs& args, const Fp8Buffers& buffers
   return gemm1;
 }
 
-// The Hopper FP8 GEMMs' tile shape (gemm::sm90_fp8_shape_for), unless IRONMOE_SM90_FP8_SHAPE is
-// wide or few_rows (read at every call, so a test can force either shape in one process).
+// The Hopper FP8 GEMMs' tile shape (gemm::sm90_fp8_shape_for), unless IRONMOE_SM90_FP8_SHAPE
+// names one (gemm/sm90_shape.h; read at every call, so a test can force each shape in one
+// process).
 gemm::Sm90Shape fp8_sm90_shape(int64_t rows_total, int64_t local_experts) {
   return gemm::sm90_shape_named(std::getenv("IRONMOE_SM90_FP8_SHAPE"),
                                 gemm::sm90_fp8_shape_for(rows_total, local_experts));

@@ -736,7 +736,8 @@ class Fp8ForcedShape : public CudaTestWithParam<std::string> {
 
 std::string shape_name(const ::testing::TestParamInfo<std::string>& shape) { return shape.param; }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, Fp8ForcedShape, ::testing::Values("wide", "few_rows"), shape_name);
+INSTANTIATE_TEST_SUITE_P(Shapes, Fp8ForcedShape,
+                         ::testing::Values("wide", "few_rows", "wide_pingpong"), shape_name);
 
 TEST_P(Fp8ForcedShape, ExpertsStageAloneEqualsTheCpuStage) {
   expect_stage_equals_cpu_stage(ExpertKernel::grouped_gemm, stream());

@@ -109,7 +109,9 @@ size_t sm90_fp8_workspace_bytes(int sm_count) {
   return std::max({sm90_fp8::workspace_bytes_out_bf16(sm_count),
                    sm90_fp8::workspace_bytes_out_f32(sm_count),
                    sm90_fp8::workspace_bytes_out_bf16_few_rows(sm_count),
-                   sm90_fp8::workspace_bytes_out_f32_few_rows(sm_count)});
+                   sm90_fp8::workspace_bytes_out_f32_few_rows(sm_count),
+                   sm90_fp8::workspace_bytes_out_bf16_pingpong(sm_count),
+                   sm90_fp8::workspace_bytes_out_f32_pingpong(sm_count)});
 }
 
 void sm90_fp8_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
@@ -138,14 +140,14 @@ void sm90_fp8_write_problem_lists(Sm90Shape shape, const ExpertRows& rows,
 void sm90_fp8_grouped_gemm(Sm90Shape shape, int64_t num_experts, const void* list, DType out_dtype,
                            void* workspace, int device_index, int sm_count, cudaStream_t stream) {
   if (num_experts == 0) return;
-  const bool few_rows = shape == Sm90Shape::few_rows;
-  if (out_dtype == DType::f32) {
-    (few_rows ? sm90_fp8::grouped_gemm_out_f32_few_rows : sm90_fp8::grouped_gemm_out_f32)(
-        num_experts, list, workspace, device_index, sm_count, stream);
-  } else {
-    (few_rows ? sm90_fp8::grouped_gemm_out_bf16_few_rows : sm90_fp8::grouped_gemm_out_bf16)(
-        num_experts, list, workspace, device_index, sm_count, stream);
+  const bool f32 = out_dtype == DType::f32;
+  auto* run = f32 ? sm90_fp8::grouped_gemm_out_f32 : sm90_fp8::grouped_gemm_out_bf16;
+  if (shape == Sm90Shape::few_rows) {
+    run = f32 ? sm90_fp8::grouped_gemm_out_f32_few_rows : sm90_fp8::grouped_gemm_out_bf16_few_rows;
+  } else if (shape == Sm90Shape::wide_pingpong) {
+    run = f32 ? sm90_fp8::grouped_gemm_out_f32_pingpong : sm90_fp8::grouped_gemm_out_bf16_pingpong;
   }
+  run(num_experts, list, workspace, device_index, sm_count, stream);
 }
 
 }  // namespace ironmoe::cuda::gemm

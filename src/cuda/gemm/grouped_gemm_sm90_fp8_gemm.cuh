@@ -13,7 +13,9 @@
 // while a tile holds one weight scale. A 128 x 256 tile (two weight scales per tile) does not
 // compile in CUTLASS 4.2 with either major-ness of the weight scales (tried, 2026-11-24:
 // fp8_accumulation.hpp's "Accumulator and scaleB must have same shape" for the 64x256 atom).
-// A 1x1 cluster, as for the bf16 GEMM (a larger cluster rounds each expert's M tiles up).
+// A 1x1 cluster, as for the bf16 GEMM (a larger cluster rounds each expert's M tiles up; 1 x 2
+// along N measured no faster, session 23). kPingpong (wide_pingpong, sm90_shape.h): 64 x 128 x 128
+// tiles, one consumer warp group each, ping-pong.
 //
 // Included by exactly one translation unit per output type (each a heavy instantiation).
 #include <type_traits>
@@ -39,18 +41,24 @@ inline constexpr int kScaleBlock = 128;
 // [NB, KB] layout) and the rows B (a scale per row and K block, rows contiguous in each K block:
 // the same memory as the wide tile's M-major row scales), in 128 x 32 x 128 tiles; one weight
 // scale per tile and K block, as above.
-template <class ElementD, bool kFewRows = false>
+template <class ElementD, bool kFewRows = false, bool kPingpong = false>
 struct Sm90Fp8Gemm {
+  static_assert(!(kFewRows && kPingpong), "ping-pong tiles are wide ones");
   using Accumulator = float;
   static constexpr int kAlignmentAB = 16;  // E4M3 per 16 bytes (TMA)
   static constexpr int kAlignmentD = 16 / static_cast<int>(sizeof(ElementD));
 
-  using TileShape = std::conditional_t<kFewRows, cute::Shape<cute::_128, cute::_32, cute::_128>,
-                                       cute::Shape<cute::_128, cute::_128, cute::_128>>;
+  using TileShape = std::conditional_t<
+      kFewRows, cute::Shape<cute::_128, cute::_32, cute::_128>,
+      std::conditional_t<kPingpong, cute::Shape<cute::_64, cute::_128, cute::_128>,
+                         cute::Shape<cute::_128, cute::_128, cute::_128>>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using KernelSchedule =
-      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum;
-  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
+  using KernelSchedule = std::conditional_t<
+      kPingpong, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpongFP8BlockScaledAccum,
+      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum>;
+  using EpilogueSchedule =
+      std::conditional_t<kPingpong, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
+                         cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
 
   using ScaleConfig = std::conditional_t<
       kFewRows,

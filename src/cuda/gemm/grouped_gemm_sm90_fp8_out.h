@@ -24,4 +24,12 @@ void grouped_gemm_out_bf16_few_rows(int64_t num_experts, const void* list, void*
 void grouped_gemm_out_f32_few_rows(int64_t num_experts, const void* list, void* workspace,
                                    int device_index, int sm_count, cudaStream_t stream);
 
+// The same with the wide_pingpong tile shape (sm90_shape.h).
+size_t workspace_bytes_out_bf16_pingpong(int sm_count);
+size_t workspace_bytes_out_f32_pingpong(int sm_count);
+void grouped_gemm_out_bf16_pingpong(int64_t num_experts, const void* list, void* workspace,
+                                    int device_index, int sm_count, cudaStream_t stream);
+void grouped_gemm_out_f32_pingpong(int64_t num_experts, const void* list, void* workspace,
+                                   int device_index, int sm_count, cudaStream_t stream);
+
 }  // namespace ironmoe::cuda::gemm::sm90_fp8

@@ -1,25 +1,32 @@
 #pragma once
-// The two tile shapes of the Hopper grouped GEMMs (bf16: grouped_gemm_sm90.h, FP8:
+// The tile shapes of the Hopper grouped GEMMs (bf16: grouped_gemm_sm90.h, FP8:
 // grouped_gemm_sm90_fp8.h).
 //   wide      tiles of 128 rows of an expert x the widest column block (bf16 256, FP8 128): the
 //             rows are the tile's M side;
 //   few_rows  the operands swapped (d^T = W_e a^T): 128 weight rows x 32 rows of an expert, for
 //             experts with a handful of rows each, whose 128-row tiles would be mostly empty. d is
 //             the same row-major [R, N] buffer, written as the column-major N x rows result.
+//   wide_pingpong  FP8 only: 64 rows of an expert x 128 columns, one consumer warp group per
+//             tile (ping-pong: one group's epilogue runs under the other's main loop). Half the
+//             empty rows of wide at 32-64 rows per expert, and the blockwise kernel's per-K-block
+//             promotion of one group overlaps the other group's tensor-core work. Same problem
+//             lists as wide. An experiment, forced with IRONMOE_SM90_FP8_SHAPE=wide_pingpong,
+//             until measured.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 namespace ironmoe::cuda::gemm {
 
-enum class Sm90Shape : uint8_t { wide, few_rows };
+enum class Sm90Shape : uint8_t { wide, few_rows, wide_pingpong };
 
-// The shape called `name` ("wide" or "few_rows"), else `otherwise` (null included): how the
-// A/B switches IRONMOE_SM90_BF16_SHAPE and IRONMOE_SM90_FP8_SHAPE are read.
+// The shape called `name` ("wide", "few_rows" or "wide_pingpong"), else `otherwise` (null
+// included): how the A/B switches IRONMOE_SM90_BF16_SHAPE and IRONMOE_SM90_FP8_SHAPE are read.
 inline Sm90Shape sm90_shape_named(const char* name, Sm90Shape otherwise) {
   if (name == nullptr) return otherwise;
   if (std::strcmp(name, "wide") == 0) return Sm90Shape::wide;
   if (std::strcmp(name, "few_rows") == 0) return Sm90Shape::few_rows;
+  if (std::strcmp(name, "wide_pingpong") == 0) return Sm90Shape::wide_pingpong;
   return otherwise;
 }
 
