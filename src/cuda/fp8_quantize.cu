@@ -180,6 +180,7 @@ VectorLaunch vector_launch(const gemm::ExpertRows& rows, const Fp8RowSource& sou
   const int64_t per_thread = (chunks + launch.chunks_per_thread - 1) / launch.chunks_per_thread;
   launch.threads = static_cast<int>(std::max<int64_t>(32, (per_thread + 31) / 32 * 32));
   if (batched) rows_per_block *= fp8_vector::rows_in_flight(launch.chunks_per_thread);
+  if (batched) rows_per_block *= fp8_vector::rows_in_flight(launch.chunks_per_thread);
   const int64_t average = rows.num_rows / std::max<int64_t>(rows.num_experts, 1);
   const int64_t splits =
       std::clamp<int64_t>((average + rows_per_block - 1) / rows_per_block, 1, 65535);
