@@ -161,9 +161,8 @@ struct VectorLaunch {
   dim3 grid;
 };
 
-// rows_per_block: per block, times fp8_vector::rows_in_flight when `batched` (quantize_rows).
 VectorLaunch vector_launch(const gemm::ExpertRows& rows, const Fp8RowSource& source,
-                           int64_t rows_per_block, bool batched) {
+                           int64_t rows_per_block) {
   VectorLaunch launch;
   const int64_t element = source.dtype == DType::f32 ? 4 : 2;
   const int64_t chunks = source.k / kFp8Chunk;
@@ -179,8 +178,6 @@ VectorLaunch vector_launch(const gemm::ExpertRows& rows, const Fp8RowSource& sou
                                                                      : 4;
   const int64_t per_thread = (chunks + launch.chunks_per_thread - 1) / launch.chunks_per_thread;
   launch.threads = static_cast<int>(std::max<int64_t>(32, (per_thread + 31) / 32 * 32));
-  if (batched) rows_per_block *= fp8_vector::rows_in_flight(launch.chunks_per_thread);
-  if (batched) rows_per_block *= fp8_vector::rows_in_flight(launch.chunks_per_thread);
   const int64_t average = rows.num_rows / std::max<int64_t>(rows.num_experts, 1);
   const int64_t splits =
       std::clamp<int64_t>((average + rows_per_block - 1) / rows_per_block, 1, 65535);
@@ -207,7 +204,7 @@ void fp8_tensor_scale_of_rows(const gemm::ExpertRows& rows, const Fp8RowSource& 
   IRONMOE_CUDA_CHECK(cudaMemsetAsync(word, 0, sizeof(unsigned), stream));
   if (rows.num_experts > 0 && rows.num_rows > 0) {
     // Eight rows per block: few enough blocks that their atomics on one word stay cheap.
-    const VectorLaunch vector = vector_launch(rows, source, 8, false);
+    const VectorLaunch vector = vector_launch(rows, source, 8);
     dispatch_source(source, [&](auto values) {
       if (!vector.ok) {
         amax_of_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(rows, values, source.k,
@@ -231,8 +228,7 @@ void fp8_quantize_rows(const gemm::ExpertRows& rows, const Fp8RowSource& source,
   if (rows.num_experts == 0 || rows.num_rows == 0) return;
   const ScaleSink sink{scales.row_scales, core::fp8_activation_scales_per_row(quant, source.k),
                        scales.grouped, scales.grouped_factor, core::fp8_blocks(source.k)};
-  // Two batches of rows in flight per block (fp8_vector::rows_in_flight rows each).
-  const VectorLaunch vector = vector_launch(rows, source, 2, true);
+  const VectorLaunch vector = vector_launch(rows, source, 2);
   dispatch_source(source, [&](auto values) {
     if (!vector.ok) {
       quantize_expert_rows<<<expert_rows_grid(rows), kThreads, 0, stream>>>(

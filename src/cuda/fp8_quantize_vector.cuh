@@ -1,11 +1,10 @@
 #pragma once
 // The FP8 quantising kernels for rows whose K is a multiple of 8 (up to 8192) read in 16-byte
-// chunks: a block per row (a few rows in flight at once), each thread holding up to kMaxChunks
-// chunks of 8 values in registers, so a row is read once and its codes are written 8 bytes at a
-// time. A 128-column block scale is the max over the 16 threads (one half warp) that hold its 16
-// chunks; a row scale is a block max. Same codes and scales as the warp-per-row kernels of
-// fp8_quantize.cu, which take every other shape: the amax is a max (order-free) and the encoding is
-// the same function.
+// chunks: a block per row, each thread holding up to kMaxChunks chunks of 8 values in registers,
+// so a row is read once and its codes are written 8 bytes at a time. A 128-column block scale is
+// the max over the 16 threads (one half warp) that hold its 16 chunks; a row scale is a block
+// max. Same codes and scales as the warp-per-row kernels of fp8_quantize.cu, which take every
+// other shape: the amax is a max (order-free) and the encoding is the same function.
 #include <cstdint>
 
 #include "core/fp8_scales.h"
@@ -53,37 +52,25 @@ __device__ __forceinline__ float block_max(float v, bool& any_nan) {
   return result;
 }
 
-// Rows quantised together per thread by quantize_rows: with kChunks 16-byte loads per row, a
-// thread keeps kRowsInFlight rows' loads in flight before it encodes any (32 values in registers).
-// With one row at a time the kernel waited out a load round trip per row: at 4096 tokens of
-// qwen3-30b-a3b (32768 rows of 2048) it took 128 us for 67 MB of codes (ncu, session 23).
-constexpr int rows_in_flight(int chunks_per_thread) {
-  return chunks_per_thread >= kMaxChunks ? 1 : kMaxChunks / chunks_per_thread;
-}
-
-// One row's values (kChunks chunks of this thread), their amax and whether any is NaN.
 template <class Rows, int kChunks>
-struct RowValues {
-  float v[kChunks][kFp8Chunk];
-  float amax[kChunks];
-  bool nan[kChunks];
-
-  __device__ __forceinline__ void load(const Rows& values, int64_t expert, int64_t r,
-                                       int64_t chunks, int tid, int threads) {
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const int64_t chunk = static_cast<int64_t>(i) * threads + tid;
-      if (chunk < chunks) values.load(expert, r, chunk * kFp8Chunk, v[i]);
-    }
-  }
-
-  __device__ __forceinline__ void reduce(int64_t chunks, int tid, int threads) {
+__global__ void __launch_bounds__(kMaxThreads)
+    quantize_rows(gemm::ExpertRows rows, Rows values, int64_t k, QuantScheme quant,
+                  const float* tensor_scale, uint8_t* codes, ScaleSink sink) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int threads = static_cast<int>(blockDim.x);
+  const int64_t chunks = k / kFp8Chunk;
+  for_block_rows(rows, [&](int64_t expert, gemm::RowRange range, int64_t r) {
+    float v[kChunks][kFp8Chunk];
+    float scale[kChunks];
+    float amax[kChunks];
+    bool nan[kChunks];
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       const int64_t chunk = static_cast<int64_t>(i) * threads + tid;
       amax[i] = 0.0f;
       nan[i] = false;
       if (chunk < chunks) {
+        values.load(expert, r, chunk * kFp8Chunk, v[i]);
 #pragma unroll
         for (int j = 0; j < kFp8Chunk; ++j) {
           nan[i] = nan[i] || isnan(v[i][j]);
@@ -91,99 +78,55 @@ struct RowValues {
         }
       }
     }
-  }
-};
-
-// Scales, codes and scale writes of one row whose values `row` holds (block-uniform: every
-// thread of the block calls it for the same row, block_max synchronises).
-template <class Rows, int kChunks>
-__device__ __forceinline__ void encode_row(RowValues<Rows, kChunks>& row, int64_t expert,
-                                           gemm::RowRange range, int64_t r, int64_t k,
-                                           QuantScheme quant, const float* tensor_scale,
-                                           uint8_t* codes, const ScaleSink& sink) {
-  const int tid = static_cast<int>(threadIdx.x);
-  const int threads = static_cast<int>(blockDim.x);
-  const int64_t chunks = k / kFp8Chunk;
-  row.reduce(chunks, tid, threads);
-  float scale[kChunks];
-  if (quant == QuantScheme::fp8_tensor) {
+    if (quant == QuantScheme::fp8_tensor) {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) scale[i] = *tensor_scale;
-  } else if (quant == QuantScheme::fp8_block) {
+      for (int i = 0; i < kChunks; ++i) scale[i] = *tensor_scale;
+    } else if (quant == QuantScheme::fp8_block) {
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) {
+        float m = amax[i];
+        for (int offset = kGroupThreads / 2; offset > 0; offset >>= 1) {
+          m = fmaxf(m, __shfl_xor_sync(kFullMask, m, offset));
+        }
+        // A half warp's any: the ballot's bits of this thread's 16-thread group.
+        const unsigned ballot = __ballot_sync(kFullMask, nan[i]);
+        const unsigned group_bits = (ballot >> (tid & 16)) & 0xffffu;
+        scale[i] = fp8_dynamic_scale(group_bits != 0 ? __int_as_float(0x7fc00000) : m);
+      }
+    } else {
+      float m = 0.0f;
+      bool any_nan = false;
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) {
+        m = fmaxf(m, amax[i]);
+        any_nan = any_nan || nan[i];
+      }
+      m = block_max(m, any_nan);
+      const float row_scale = fp8_dynamic_scale(any_nan ? __int_as_float(0x7fc00000) : m);
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) scale[i] = row_scale;
+    }
+    uint8_t* row_codes = codes + r * k;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
-      float m = row.amax[i];
-      for (int offset = kGroupThreads / 2; offset > 0; offset >>= 1) {
-        m = fmaxf(m, __shfl_xor_sync(kFullMask, m, offset));
-      }
-      // A half warp's any: the ballot's bits of this thread's 16-thread group.
-      const unsigned ballot = __ballot_sync(kFullMask, row.nan[i]);
-      const unsigned group_bits = (ballot >> (tid & 16)) & 0xffffu;
-      scale[i] = fp8_dynamic_scale(group_bits != 0 ? __int_as_float(0x7fc00000) : m);
-    }
-  } else {
-    float m = 0.0f;
-    bool any_nan = false;
+      const int64_t chunk = static_cast<int64_t>(i) * threads + tid;
+      if (chunk >= chunks) continue;
+      alignas(8) uint8_t packed[kFp8Chunk];
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      m = fmaxf(m, row.amax[i]);
-      any_nan = any_nan || row.nan[i];
-    }
-    m = block_max(m, any_nan);
-    const float row_scale = fp8_dynamic_scale(any_nan ? __int_as_float(0x7fc00000) : m);
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) scale[i] = row_scale;
-  }
-  uint8_t* row_codes = codes + r * k;
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int64_t chunk = static_cast<int64_t>(i) * threads + tid;
-    if (chunk >= chunks) continue;
-    alignas(8) uint8_t packed[kFp8Chunk];
-#pragma unroll
-    for (int j = 0; j < kFp8Chunk; ++j) packed[j] = fp8_quantize(row.v[i][j], scale[i]);
-    *reinterpret_cast<uint2*>(row_codes + chunk * kFp8Chunk) =
-        *reinterpret_cast<const uint2*>(packed);
-    if (quant == QuantScheme::fp8_block && chunk % kGroupThreads == 0) {
-      const int64_t first = chunk * kFp8Chunk;
-      sink.put(expert, range, r, first / core::kFp8Block, first, min(core::kFp8Block, k - first),
-               scale[i], 0);
-    }
-  }
-  // One scale for the whole row: written by the first warp, which shares the grouped copies.
-  if (quant != QuantScheme::fp8_block && tid < 32) {
-    sink.put(expert, range, r, 0, 0, k, scale[0], tid);
-  }
-}
-
-// Grid (local expert, row split): block s takes the expert's rows s, s + splits, ..., up to
-// rows_in_flight(kChunks) of them at a time, all loaded before any is encoded.
-template <class Rows, int kChunks>
-__global__ void __launch_bounds__(kMaxThreads)
-    quantize_rows(gemm::ExpertRows rows, Rows values, int64_t k, QuantScheme quant,
-                  const float* tensor_scale, uint8_t* codes, ScaleSink sink) {
-  constexpr int kRows = rows_in_flight(kChunks);
-  const int tid = static_cast<int>(threadIdx.x);
-  const int threads = static_cast<int>(blockDim.x);
-  const int64_t chunks = k / kFp8Chunk;
-  const int64_t expert = blockIdx.x;
-  const gemm::RowRange range = gemm::expert_row_range(rows, expert);
-  const int64_t splits = gridDim.y;
-  for (int64_t first = blockIdx.y; first < range.count; first += splits * kRows) {
-    RowValues<Rows, kChunks> batch[kRows];
-#pragma unroll
-    for (int b = 0; b < kRows; ++b) {
-      const int64_t r = first + b * splits;
-      if (r < range.count) batch[b].load(values, expert, range.begin + r, chunks, tid, threads);
-    }
-#pragma unroll
-    for (int b = 0; b < kRows; ++b) {
-      const int64_t r = first + b * splits;
-      if (r < range.count) {
-        encode_row(batch[b], expert, range, range.begin + r, k, quant, tensor_scale, codes, sink);
+      for (int j = 0; j < kFp8Chunk; ++j) packed[j] = fp8_quantize(v[i][j], scale[i]);
+      *reinterpret_cast<uint2*>(row_codes + chunk * kFp8Chunk) =
+          *reinterpret_cast<const uint2*>(packed);
+      if (quant == QuantScheme::fp8_block && chunk % kGroupThreads == 0) {
+        const int64_t first = chunk * kFp8Chunk;
+        sink.put(expert, range, r, first / core::kFp8Block, first, min(core::kFp8Block, k - first),
+                 scale[i], 0);
       }
     }
-  }
+    // One scale for the whole row: written by the first warp, which shares the grouped copies.
+    if (quant != QuantScheme::fp8_block && tid < 32) {
+      sink.put(expert, range, r, 0, 0, k, scale[0], tid);
+    }
+  });
 }
 
 template <class Rows, int kChunks>
