@@ -719,9 +719,10 @@ TEST_F(Fp8Sizes, AroundEightThousandTokensOnTheGroupedGemm) {
 }
 
 // Each tile shape of the Hopper FP8 GEMM forced (gemm/sm90_shape.h, IRONMOE_SM90_FP8_SHAPE),
-// where the rule (gemm::sm90_fp8_shape_for: few_rows up to 16 rows per local expert) would take
-// the other one in places: the stage alone against the CPU stage (25 rows per expert), and every
-// scheme's layer at the sizes around 8192 tokens and at 16 tokens (4 rows per expert).
+// where the rule (gemm::sm90_fp8_shape_for: few_rows up to 16 rows per local expert,
+// wide_pingpong up to 64, wide above) would take another one in places: the stage alone against
+// the CPU stage (25 rows per expert), and every scheme's layer at the sizes around 8192 tokens and
+// at 16 tokens (4 rows per expert).
 class Fp8ForcedShape : public CudaTestWithParam<std::string> {
  protected:
   void SetUp() override {

@@ -13,8 +13,9 @@
 //       vLLM's block-scale layout as is; b_scales_expert_stride 0 shares one [NB, KB] block.
 // Schemes with coarser scales expand to these (experts_fp8.cu). Like the bf16 GEMM
 // (grouped_gemm_sm90.h), the problem list is written on the device, nothing syncs with the host,
-// and rows outside every expert's range are never read or written. Two tile shapes
-// (sm90_shape.h): wide (128 rows x 128 columns) and few_rows (128 weight rows x 32 rows).
+// and rows outside every expert's range are never read or written. Three tile shapes
+// (sm90_shape.h): wide (128 rows x 128 columns), wide_pingpong (64 rows x 128 columns, ping-pong)
+// and few_rows (128 weight rows x 32 rows).
 //
 // Requirements (sm90_fp8_supports): K a multiple of 16, 16-byte aligned code and output pointers
 // and row strides.
@@ -32,14 +33,20 @@ namespace ironmoe::cuda::gemm {
 
 inline constexpr int64_t kSm90Fp8ScaleBlock = 128;
 
-// The tile shape: few_rows up to this many permuted rows per local expert on average, else wide.
-// Measured on an H200 with either shape forced (docs/performance.md, session 22, fp8-block):
-// few_rows 25% faster for qwen3-30b-a3b at 16 and 64 tokens (1 and 4 rows per expert) and 20% at
-// 256 (16 rows); 32%, 28% and 17% faster for deepseek-v3 at 16, 64 and 256 tokens (0.5, 2 and 8
-// rows). Above 16 rows per expert not yet measured, so wide stays there.
+// The tile shape by the permuted rows per local expert on average: few_rows up to
+// kSm90Fp8FewRowsMaxAverage, wide_pingpong up to kSm90Fp8PingpongMaxAverage, wide above.
+// Measured on an H200 with the shapes forced (docs/performance.md, sessions 22 and 23,
+// fp8-block): few_rows 25%, 25% and 20% faster than wide for qwen3-30b-a3b at 1, 4 and 16 rows per
+// expert, 32%, 28% and 17% for deepseek-v3 at 0.5, 2 and 8 rows, and 23-84% slower from 32 rows
+// on; wide_pingpong 10.0% and 10.9% faster than wide at 32 rows (deepseek-v3, 1024 tokens), 2.6%
+// and 4.0% at 64 (qwen3-30b-a3b, 1024 tokens), 6.0% slower at 128 and 3.4% at 256, and at 16 rows
+// (qwen3-30b-a3b, 256 tokens) 13% faster than wide where few_rows is 20% faster.
 inline constexpr int64_t kSm90Fp8FewRowsMaxAverage = 16;
+inline constexpr int64_t kSm90Fp8PingpongMaxAverage = 64;
 inline Sm90Shape sm90_fp8_shape_for(int64_t rows_total, int64_t local_experts) {
-  return sm90_shape_for(rows_total, local_experts, kSm90Fp8FewRowsMaxAverage);
+  if (rows_total <= kSm90Fp8FewRowsMaxAverage * local_experts) return Sm90Shape::few_rows;
+  if (rows_total <= kSm90Fp8PingpongMaxAverage * local_experts) return Sm90Shape::wide_pingpong;
+  return Sm90Shape::wide;
 }
 
 // Where the activation scale of (row `r` of an expert whose rows start at `begin` and number
