@@ -106,10 +106,7 @@ void MoeConfig::validate() const {
   api::check_routing(where, routing, num_experts, top_k);
   IRONMOE_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16, where,
                 "dtype: expected f32, bf16 or f16, got ", dtype_name(dtype));
-  IRONMOE_CHECK(quant == QuantScheme::none || quant == QuantScheme::fp8_tensor ||
-                    quant == QuantScheme::fp8_channel || quant == QuantScheme::fp8_block,
-                where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
-                static_cast<int>(quant));
+  api::check_quant_scheme(where, quant);
   IRONMOE_CHECK(layout == Layout::contiguous || layout == Layout::batched, where,
                 "layout: expected contiguous or batched, got ", static_cast<int>(layout));
   // Checked here too, not only by the experts stage, so a Layer refuses it before any work is

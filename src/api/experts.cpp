@@ -23,6 +23,7 @@ size_t expert_scratch_bytes(int64_t max_rows, int64_t hidden, int64_t intermedia
                 "num_local_experts: expected a value in [0, ", api::kMaxIndex, "], got ",
                 num_local_experts);
   api::check_float_dtype(where, "dtype", dtype, device);
+  api::check_quant_scheme(where, quant);
   if (quant != QuantScheme::none) {
     if (device.is_cpu()) return core::fp8_scratch(quant, max_rows, hidden, intermediate).total_bytes;
     return cuda::expert_scratch_bytes_fp8(max_rows, hidden, intermediate, num_local_experts, dtype,
@@ -72,11 +73,7 @@ void experts(const ExpertArgs& args, const Stream& stream) {
   IRONMOE_CHECK(hidden >= 1 && hidden <= api::kMaxDimension, where,
                 "permuted_in: expected H in [1, ", api::kMaxDimension, "] columns, got ", hidden);
 
-  IRONMOE_CHECK(args.quant == QuantScheme::none || args.quant == QuantScheme::fp8_tensor ||
-                    args.quant == QuantScheme::fp8_channel ||
-                    args.quant == QuantScheme::fp8_block,
-                where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
-                static_cast<int>(args.quant));
+  api::check_quant_scheme(where, args.quant);
   if (gathered) check_gathered_input(where, args.gathered, args.quant, dtype, rows, hidden, device);
   const DType weight_dtype = args.quant == QuantScheme::none ? dtype : DType::f8e4m3;
   IRONMOE_CHECK(api::present(args.w13), where, "w13: expected an [E_local, 2I, H] tensor, ",

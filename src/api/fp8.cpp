@@ -40,6 +40,13 @@ class ArgName {
 
 }  // namespace
 
+void check_quant_scheme(const char* where, QuantScheme quant) {
+  IRONMOE_CHECK(quant == QuantScheme::none || quant == QuantScheme::fp8_tensor ||
+                    quant == QuantScheme::fp8_channel || quant == QuantScheme::fp8_block,
+                where, "quant: expected none, fp8_tensor, fp8_channel or fp8_block, got ",
+                static_cast<int>(quant));
+}
+
 void check_quantized_weights(const char* where, const QuantizedWeightViews& w, QuantScheme quant,
                              DType dtype, int64_t local_experts, int64_t hidden,
                              int64_t intermediate, Device device) {

@@ -139,6 +139,9 @@ struct QuantizedWeightViews {
   const TensorView& w2_input_scale;
 };
 
+// quant is one of the four schemes (an out-of-range enum value is an error naming `quant`).
+void check_quant_scheme(const char* where, QuantScheme quant);
+
 // w13 [E_local, 2I, H] and w2 [E_local, H, I] in `dtype` (quant none, and then no scales) or
 // E4M3 with the scheme's f32 scales (docs/formats.md "FP8 experts"); static activation scales
 // only with fp8_tensor.

@@ -347,6 +347,17 @@ TEST(Validation, ShapesAndStridesBeyondInt64AreClearErrors) {
                       "permuted_in spanning 2^82 bytes");
 }
 
+// An out-of-range QuantScheme is an error naming `quant` in expert_scratch_bytes as in experts()
+// and MoeConfig::validate; before, it was sized as an FP8 scheme (found by a review helper).
+TEST(Validation, ExpertScratchBytesRefusesAnUnknownQuantScheme) {
+  for (const int bad : {4, 7, -1}) {
+    const auto quant = static_cast<QuantScheme>(bad);
+    expect_error_naming(
+        [&] { (void)expert_scratch_bytes(16, 32, 24, 4, DType::f32, Device::cpu(), quant); },
+        {"quant"}, "expert_scratch_bytes with quant " + std::to_string(bad));
+  }
+}
+
 // Sizes past the documented limits (hidden and intermediate 2^20, rows and experts int32) are
 // errors naming the size; before, hidden = 2^62 made workspace_bytes wrap around to 795904 bytes.
 TEST(Validation, SizesPastTheLimitsAreErrorsNotWrappedByteCounts) {
