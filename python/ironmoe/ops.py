@@ -32,6 +32,34 @@ def _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids):
                            "dimensions".format(*ranks))
 
 
+def _check_fused_experts_shapes(hidden_states, w1, w2, topk_weights, topk_ids, out=None):
+    """The shape and dtype checks of the real op that decide its output, for the fake kernels."""
+    _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids)
+    tokens, hidden = hidden_states.shape
+    experts, inter = w2.shape[0], w2.shape[2]
+    expected = {"w1": (w1, (experts, 2 * inter, hidden)), "w2": (w2, (experts, hidden, inter)),
+                "topk_weights": (topk_weights, (tokens, topk_ids.shape[1])),
+                "topk_ids": (topk_ids, (tokens, topk_ids.shape[1]))}
+    if out is not None:
+        expected["out"] = (out, (tokens, hidden))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != tuple(shape):
+            raise RuntimeError(f"ironmoe::fused_experts: {name}: expected shape {list(shape)}, "
+                               f"got {list(tensor.shape)}")
+    if hidden_states.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise RuntimeError("ironmoe::fused_experts: hidden_states: expected float32, bfloat16 or "
+                           f"float16, got {hidden_states.dtype}")
+    if topk_ids.dtype not in (torch.int32, torch.int64):
+        raise RuntimeError(f"ironmoe::fused_experts: topk_ids: expected int32 or int64, got "
+                           f"{topk_ids.dtype}")
+    if topk_weights.dtype != torch.float32:
+        raise RuntimeError(f"ironmoe::fused_experts: topk_weights: expected float32, got "
+                           f"{topk_weights.dtype}")
+    if out is not None and out.dtype != hidden_states.dtype:
+        raise RuntimeError(f"ironmoe::fused_experts: out: expected {hidden_states.dtype} (the "
+                           f"dtype of hidden_states), got {out.dtype}")
+
+
 @torch.library.register_fake("ironmoe::route")
 def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, correction_bias=None,
                 num_groups=1, topk_groups=1, routed_scaling_factor=1.0):
@@ -53,7 +81,7 @@ def _route_fake(router_logits, top_k, scoring="softmax", renormalize=True, corre
 def _fused_experts_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation="silu",
                         global_num_experts=-1, expert_begin=0, quant="none", w1_scale=None,
                         w2_scale=None, a1_scale=None, a2_scale=None):
-    _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids)
+    _check_fused_experts_shapes(hidden_states, w1, w2, topk_weights, topk_ids)
     _check_one_device("fused_experts", "hidden_states", hidden_states, w1=w1, w2=w2,
                       topk_weights=topk_weights, topk_ids=topk_ids, w1_scale=w1_scale,
                       w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale)
@@ -64,7 +92,7 @@ def _fused_experts_fake(hidden_states, w1, w2, topk_weights, topk_ids, activatio
 def _fused_experts_out_fake(hidden_states, w1, w2, topk_weights, topk_ids, activation,
                             global_num_experts, expert_begin, quant, w1_scale, w2_scale,
                             a1_scale, a2_scale, out):
-    _check_fused_experts_ranks(hidden_states, w1, w2, topk_ids)
+    _check_fused_experts_shapes(hidden_states, w1, w2, topk_weights, topk_ids, out)
     _check_one_device("fused_experts", "hidden_states", hidden_states, w1=w1, w2=w2,
                       topk_weights=topk_weights, topk_ids=topk_ids, w1_scale=w1_scale,
                       w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale, out=out)

@@ -294,6 +294,18 @@ at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
 // the tensors among the arguments and passes the call on to ADInplaceOrView.
 void fused_experts_out_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                 torch::jit::Stack* stack) {
+  {
+    // Forward AD is on whatever the grad mode: PyTorch's out= functions refuse dual tensors.
+    const size_t arguments = op.schema().arguments().size();
+    for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
+      const c10::IValue& argument = (*stack)[i];
+      if (argument.isTensor() && argument.toTensor()._fw_grad(/*level=*/0).defined()) {
+        throw Error(
+            "ironmoe::fused_experts: out= does not support forward-mode automatic "
+            "differentiation, but one of the arguments is a dual tensor with a tangent");
+      }
+    }
+  }
   if (at::GradMode::is_enabled()) {
     const size_t arguments = op.schema().arguments().size();
     for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {

@@ -242,6 +242,47 @@ def test_fake_kernels_check_like_the_real_ones():
     assert weights.shape == (4, 2) and ids.dtype == torch.int32
 
 
+def test_out_refuses_forward_ad_inputs_like_pytorch_out_functions(gen):
+    # PyTorch's own out= functions raise for dual (forward-AD) inputs; fused_experts_out ran and
+    # left out without a tangent: a silently wrong Jacobian-vector product.
+    import torch.autograd.forward_ad as fwAD
+
+    x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
+    weights = torch.rand(4, 2, generator=gen)
+    ids = distinct_ids(gen, 4, 4, 2)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(NotImplementedError, match="out= function"):
+            torch.add(dual, dual, out=torch.zeros_like(x))  # PyTorch's rule for out=
+        with pytest.raises(RuntimeError, match="forward"):
+            ironmoe.fused_experts(dual, w1, w2, weights, ids, out=torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("case", ["w1 H", "w2 I", "topk_weights T", "out shape", "x dtype"])
+def test_meta_tensors_refuse_what_the_cpu_op_refuses(gen, case):
+    # Meta tensors run the fake kernels (docs/contract.md E4: "make the same shape checks"):
+    # shapes the CPU op refuses came back as a [T, H] result.
+    x, w1, w2 = random_problem(gen, 4, 32, 16, 4, torch.float32)
+    weights = torch.rand(4, 2, generator=gen)
+    ids = distinct_ids(gen, 4, 4, 2)
+    out = None
+    if case == "w1 H":
+        w1 = w1[:, :, :16].contiguous()
+    elif case == "w2 I":
+        w2 = w2[:, :, :8].contiguous()
+    elif case == "topk_weights T":
+        weights = weights[:3].contiguous()
+    elif case == "out shape":
+        out = torch.empty(4, 16)
+    else:
+        x = x.double()
+    with pytest.raises(RuntimeError):
+        ironmoe.fused_experts(x, w1, w2, weights, ids, out=out)  # the CPU op refuses it
+    meta = [t.to("meta") for t in (x, w1, w2, weights, ids)]
+    with pytest.raises(RuntimeError):
+        ironmoe.fused_experts(*meta, out=None if out is None else out.to("meta"))
+
+
 def test_torch_compile_fullgraph(gen):
     x, w1, w2 = random_problem(gen, 8, 64, 32, 8, torch.float32)
     logits = torch.randn(8, 8, generator=gen)

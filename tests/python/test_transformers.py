@@ -4,6 +4,7 @@ and experts modules ironmoe cannot run exactly fall back to transformers' batche
 
 import pathlib
 import sys
+import warnings
 
 import pytest
 import torch
@@ -61,3 +62,24 @@ def test_float16_on_the_cpu_falls_back_to_batched_mm(monkeypatch):
     with torch.no_grad():
         assert torch.allclose(ours(prompt).logits.float(), eager(prompt).logits.float(),
                               rtol=1e-2, atol=2e-2)
+
+
+def test_transformers_training_gets_the_expert_gradients():
+    # A model trained with experts_implementation="ironmoe": loss.backward() must give the expert
+    # weights (and everything before the MoE block, through it) the gradients of "eager".
+    config = hf_moe.small_configs()["mixtral"]
+    torch.manual_seed(0)
+    eager = hf_moe.build(config, "eager", torch.float32, "cpu").train()
+    ours = hf_moe.build(config, ironmoe_hf.NAME, torch.float32, "cpu",
+                        eager.state_dict()).train()
+    prompt = torch.randint(0, config.vocab_size, (1, 7))
+    for model in (eager, ours):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(prompt, labels=prompt).loss.backward()
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    grad_eager = dict(eager.named_parameters())[name].grad
+    grad_ours = dict(ours.named_parameters())[name].grad
+    assert grad_eager is not None and grad_eager.abs().sum() > 0
+    assert grad_ours is not None, "ironmoe's experts gave the expert weights no gradient"
+    assert torch.allclose(grad_ours, grad_eager, rtol=1e-3, atol=1e-5)

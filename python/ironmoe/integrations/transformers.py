@@ -38,7 +38,7 @@ def _activation_name(act_fn):
     return None
 
 
-def _unsupported_reason(module, hidden_states):
+def _unsupported_reason(module, hidden_states, top_k_weights):
     from transformers.integrations.moe import _default_apply_gate
 
     if not getattr(module, "has_gate", True):
@@ -66,13 +66,17 @@ def _unsupported_reason(module, hidden_states):
         return "torch.float16 on the CPU (ironmoe's CPU backend runs float32 and bfloat16)"
     if module.gate_up_proj.dtype != hidden_states.dtype:
         return f"weights in {module.gate_up_proj.dtype} for activations in {hidden_states.dtype}"
+    if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (hidden_states, top_k_weights, module.gate_up_proj,
+                                      module.down_proj)):
+        return "inputs that require grad (ironmoe's ops are inference-only: no gradients)"
     return None
 
 
 def ironmoe_experts_forward(module, hidden_states, top_k_index, top_k_weights):
     """The ``ExpertsInterface`` forward: ``(module, hidden_states [T, H], top_k_index [T, k],
     top_k_weights [T, k]) -> [T, H]``."""
-    reason = _unsupported_reason(module, hidden_states)
+    reason = _unsupported_reason(module, hidden_states, top_k_weights)
     if reason is not None:
         from transformers.integrations.moe import batched_mm_experts_forward
 
