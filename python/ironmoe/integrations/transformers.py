@@ -12,8 +12,9 @@ runs the experts of every MoE layer with ``torch.ops.ironmoe.fused_experts``: th
 ``gate_up_proj [E, 2I, H]`` (gate rows, then up rows) and ``down_proj [E, H, I]``, no copies. An
 experts module this cannot run exactly (biases, transposed or interleaved weights, a custom
 gate, a post-expert norm, an activation other than SiLU or exact GELU, or dtypes and devices
-this build does not support) runs transformers' own ``batched_mm`` implementation instead, with
-one warning saying why.
+this build does not support), or whose call wants gradients (grad mode on and an input or expert
+weight that requires grad: ironmoe's ops are inference-only), runs transformers' own
+``batched_mm`` implementation instead, with one warning saying why.
 """
 
 import logging
