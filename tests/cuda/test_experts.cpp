@@ -296,18 +296,23 @@ std::vector<int32_t> mixed_counts(int64_t experts, int32_t max_count, uint64_t s
   return counts;
 }
 
-class ExpertsVsCpu : public CudaTestWithParam<ExpertCase> {};
-
-TEST_P(ExpertsVsCpu, MatchesCpuAndLeavesOtherRowsUntouched) {
-  const ExpertCase& c = GetParam();
+// One case on fresh random inputs and poisoned outputs against the CPU stage, rows outside the
+// experts' ranges untouched.
+void expect_case_matches_cpu(const ExpertCase& c, cudaStream_t stream) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_trace(seed));
-  ExpertProblem problem(c, stream());
+  ExpertProblem problem(c, stream);
   problem.fill(seed, make_ranges(c));
   problem.poison_outputs();
   problem.run_gpu();
-  sync();
-  problem.expect_matches_cpu(cpu());
+  CUDA_TEST_OK(cudaStreamSynchronize(stream));
+  problem.expect_matches_cpu(cpu_stream());
+}
+
+class ExpertsVsCpu : public CudaTestWithParam<ExpertCase> {};
+
+TEST_P(ExpertsVsCpu, MatchesCpuAndLeavesOtherRowsUntouched) {
+  expect_case_matches_cpu(GetParam(), stream());
 }
 
 // The stage in its two phases (ExpertPhase) on fresh poison, scratch included: gate_up writes h
@@ -464,15 +469,7 @@ class Bf16ForcedShape : public CudaTestWithParam<ForcedShapeCase> {
 };
 
 TEST_P(Bf16ForcedShape, MatchesCpuAndLeavesOtherRowsUntouched) {
-  const ExpertCase& c = GetParam().expert_case;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  ExpertProblem problem(c, stream());
-  problem.fill(seed, make_ranges(c));
-  problem.poison_outputs();
-  problem.run_gpu();
-  sync();
-  problem.expect_matches_cpu(cpu());
+  expect_case_matches_cpu(GetParam().expert_case, stream());
 }
 
 std::vector<ForcedShapeCase> forced_shape_cases() {
