@@ -1,7 +1,7 @@
 #pragma once
-// One instantiation of the Hopper FP8 grouped GEMM (grouped_gemm_sm90_fp8.h) per output type:
-// CUTLASS 4's ptr-array grouped kernel with blockwise scaling
-// (KernelPtrArrayTmaWarpSpecializedCooperativeFP8BlockScaledAccum: TMA loads of the E4M3 tiles,
+// The Hopper FP8 grouped GEMM (grouped_gemm_sm90_fp8.h), one instantiation per output type and
+// tile shape: CUTLASS 4's ptr-array grouped kernel with blockwise scaling
+// (KernelPtrArray...FP8BlockScaledAccum, cooperative or ping-pong: TMA loads of the E4M3 tiles,
 // cp.async loads of the scales by an auxiliary producer warp, wgmma into a per-K-block fp32
 // accumulator that is scaled and added to the main one every 128 columns of K).
 //
@@ -17,7 +17,7 @@
 // along N measured no faster, session 23). kPingpong (wide_pingpong, sm90_shape.h): 64 x 128 x 128
 // tiles, one consumer warp group each, ping-pong.
 //
-// Included by exactly one translation unit per output type (each a heavy instantiation).
+// Included by exactly one translation unit per output type and shape (each a heavy instantiation).
 #include <type_traits>
 
 #include "core/check.h"
