@@ -289,33 +289,28 @@ at::Tensor fused_experts(const at::Tensor& hidden_states, const at::Tensor& w1,
 }
 
 // fused_experts_out above autograd: as PyTorch's own out= functions, it refuses inputs that
-// require grad while grad mode is on (out could not carry their gradient). PyTorch's default
-// fallback for custom ops would run it and leave out without a history. Boxed: it only looks at
-// the tensors among the arguments and passes the call on to ADInplaceOrView.
+// require grad while grad mode is on (out could not carry their gradient), and dual tensors of
+// forward AD whatever the grad mode. PyTorch's default fallback for custom ops would run it and
+// leave out without a history or tangent. Boxed: it only looks at the tensors among the arguments
+// and passes the call on to ADInplaceOrView.
 void fused_experts_out_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                 torch::jit::Stack* stack) {
-  {
-    // Forward AD is on whatever the grad mode: PyTorch's out= functions refuse dual tensors.
-    const size_t arguments = op.schema().arguments().size();
-    for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
-      const c10::IValue& argument = (*stack)[i];
-      if (argument.isTensor() && argument.toTensor()._fw_grad(/*level=*/0).defined()) {
-        throw Error(
-            "ironmoe::fused_experts: out= does not support forward-mode automatic "
-            "differentiation, but one of the arguments is a dual tensor with a tangent");
-      }
+  const bool grad_mode = at::GradMode::is_enabled();
+  const size_t arguments = op.schema().arguments().size();
+  for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
+    const c10::IValue& argument = (*stack)[i];
+    if (!argument.isTensor()) continue;
+    const at::Tensor& tensor = argument.toTensor();
+    if (tensor._fw_grad(/*level=*/0).defined()) {
+      throw Error(
+          "ironmoe::fused_experts: out= does not support forward-mode automatic "
+          "differentiation, but one of the arguments is a dual tensor with a tangent");
     }
-  }
-  if (at::GradMode::is_enabled()) {
-    const size_t arguments = op.schema().arguments().size();
-    for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
-      const c10::IValue& argument = (*stack)[i];
-      if (argument.isTensor() && argument.toTensor().requires_grad()) {
-        throw Error(
-            "ironmoe::fused_experts: out= does not support automatic differentiation, but one "
-            "of the arguments requires grad; call it under torch.no_grad() or "
-            "torch.inference_mode(), or pass detached tensors");
-      }
+    if (grad_mode && tensor.requires_grad()) {
+      throw Error(
+          "ironmoe::fused_experts: out= does not support automatic differentiation, but one "
+          "of the arguments requires grad; call it under torch.no_grad() or "
+          "torch.inference_mode(), or pass detached tensors");
     }
   }
   op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);

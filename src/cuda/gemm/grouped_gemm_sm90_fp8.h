@@ -44,9 +44,9 @@ inline constexpr int64_t kSm90Fp8ScaleBlock = 128;
 inline constexpr int64_t kSm90Fp8FewRowsMaxAverage = 16;
 inline constexpr int64_t kSm90Fp8PingpongMaxAverage = 64;
 inline Sm90Shape sm90_fp8_shape_for(int64_t rows_total, int64_t local_experts) {
-  if (rows_total <= kSm90Fp8FewRowsMaxAverage * local_experts) return Sm90Shape::few_rows;
-  if (rows_total <= kSm90Fp8PingpongMaxAverage * local_experts) return Sm90Shape::wide_pingpong;
-  return Sm90Shape::wide;
+  const Sm90Shape shape = sm90_shape_for(rows_total, local_experts, kSm90Fp8FewRowsMaxAverage);
+  const bool pingpong = rows_total <= kSm90Fp8PingpongMaxAverage * local_experts;
+  return shape == Sm90Shape::wide && pingpong ? Sm90Shape::wide_pingpong : shape;
 }
 
 // Where the activation scale of (row `r` of an expert whose rows start at `begin` and number

@@ -6,11 +6,12 @@
 //   few_rows  the operands swapped (d^T = W_e a^T): 128 weight rows x 32 rows of an expert, for
 //             experts with a handful of rows each, whose 128-row tiles would be mostly empty. d is
 //             the same row-major [R, N] buffer, written as the column-major N x rows result.
-//   wide_pingpong  FP8 only: 64 rows of an expert x 128 columns, one consumer warp group per
-//             tile (ping-pong: one group's epilogue runs under the other's main loop). Half the
-//             empty rows of wide at 32-64 rows per expert, and the blockwise kernel's per-K-block
-//             promotion of one group overlaps the other group's tensor-core work. Same problem
-//             lists as wide. sm90_fp8_shape_for's choice from 17 to 64 rows per expert.
+//   wide_pingpong  FP8 only (forced on the bf16 GEMM, it runs wide): 64 rows of an expert x
+//             128 columns, one consumer warp group per tile (ping-pong: one group's epilogue runs
+//             under the other's main loop). Half the empty rows of wide at 32-64 rows per expert,
+//             and the blockwise kernel's per-K-block promotion of one group overlaps the other
+//             group's tensor-core work. Same problem lists as wide. sm90_fp8_shape_for's choice
+//             from 17 to 64 rows per expert.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -30,7 +31,8 @@ inline Sm90Shape sm90_shape_named(const char* name, Sm90Shape otherwise) {
 }
 
 // few_rows up to `few_rows_max_average` permuted rows per local expert on average, else wide: the
-// form of both GEMMs' measured rules (sm90_bf16_shape_for, sm90_fp8_shape_for).
+// form of both GEMMs' measured rules (sm90_bf16_shape_for; sm90_fp8_shape_for then takes
+// wide_pingpong for part of the wide range).
 inline Sm90Shape sm90_shape_for(int64_t rows_total, int64_t local_experts,
                                 int64_t few_rows_max_average) {
   return rows_total <= few_rows_max_average * local_experts ? Sm90Shape::few_rows : Sm90Shape::wide;
